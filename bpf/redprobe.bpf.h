@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * What every redprobe BPF object shares with the core, by convention:
+ *
+ *   targets   array of u64: a bitmap of instrumented tgids    the core sets and clears the bits
+ *   events    ringbuf                                      one fixed-layout record per observation
+ *   stats     percpu array of u64                          index 0: records lost (ring full);
+ *                                                          other indices are the plugin's own
+ *   wakeup_bytes  const volatile                           see redprobe_submit()
+ *
+ * The core relies on these names; a plugin's own maps and counters come on top.
+ */
+#ifndef REDPROBE_BPF_H
+#define REDPROBE_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#ifndef REDPROBE_STATS_MAX
+#define REDPROBE_STATS_MAX 32
+#endif
+
+#define REDPROBE_STAT_RINGBUF_LOST 0
+
+/*
+ * Instrumented processes, one bit per tgid (word tgid / 64, bit tgid % 64). A bitmap in an
+ * array map because the verifier inlines array lookups: the filter every probe hit pays costs
+ * a few instructions, where a hash lookup costs ~40 ns. The core sizes it from
+ * /proc/sys/kernel/pid_max before load (the default covers pid_max 32768).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 512);
+	__type(key, __u32);
+	__type(value, __u64);
+} targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REDPROBE_STATS_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/*
+ * Records are submitted without waking the reader until this many bytes are waiting: one
+ * wakeup per event costs the traced process a few microseconds (irq_work + a context switch
+ * in the agent); the agent also drains on a timer and before every scrape.
+ */
+const volatile __u64 wakeup_bytes = 256 << 10;
+
+static __always_inline void redprobe_count(__u32 index)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &index);
+	if (n)
+		*n += 1; /* per-CPU slot: no atomics needed */
+}
+
+/* Whether the current process is instrumented. */
+static __always_inline bool redprobe_is_target(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 word = tgid / 64;
+	__u64 *bits = bpf_map_lookup_elem(&targets, &word);
+	return bits && (*bits & (1ULL << (tgid % 64)));
+}
+
+/* Reserves a record; counts a loss when the ring is full. */
+static __always_inline void *redprobe_reserve(__u64 size)
+{
+	void *rec = bpf_ringbuf_reserve(&events, size, 0);
+	if (!rec)
+		redprobe_count(REDPROBE_STAT_RINGBUF_LOST);
+	return rec;
+}
+
+static __always_inline void redprobe_submit(void *rec)
+{
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
+			      ? BPF_RB_FORCE_WAKEUP
+			      : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(rec, flags);
+}
+
+#endif /* REDPROBE_BPF_H */

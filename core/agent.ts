@@ -1,0 +1,237 @@
+/**
+ * The agent's lifecycle: metrics endpoint up, plugins loaded and attached, discovery feeding
+ * them targets; and on stop, everything released in reverse order.
+ *
+ * @module
+ */
+import type { AgentConfig } from "./config.ts";
+import { Discovery, type ProcFs } from "./discovery.ts";
+import { RedExporter, type TargetLabels } from "./exporter/exporter.ts";
+import { serveMetrics } from "./exporter/server.ts";
+import { BpfError, setLibbpfLogSink } from "./ffi/libbpf.ts";
+import type { Logger } from "./log.ts";
+import type { RedObservation, TargetProcess } from "./plugin.ts";
+import { PluginHost } from "./plugin_host.ts";
+
+/** How long an exited process's labels are kept, for events still in flight (close flushes). */
+const RELEASED_LABELS_TTL_MS = 60_000;
+
+/** Thrown when no plugin could start: the agent cannot do anything useful. */
+export class AgentStartError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "AgentStartError";
+  }
+}
+
+export interface AgentOptions {
+  config: AgentConfig;
+  log: Logger;
+  /** Discovery's view of /proc (tests). */
+  procFs?: ProcFs;
+  /** Called once the metrics endpoint listens. */
+  onListen?: (addr: Deno.NetAddr) => void;
+}
+
+export class Agent implements AsyncDisposable {
+  readonly exporter: RedExporter;
+  readonly #log: Logger;
+  readonly #config: AgentConfig;
+  readonly #hosts: PluginHost[] = [];
+  readonly #labels = new Map<number, TargetLabels>();
+  readonly #released = new Map<number, number>(); // pid -> time released
+  #discovery: Discovery | undefined;
+  #server: Deno.HttpServer<Deno.NetAddr> | undefined;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #stopped = false;
+  #addr: Deno.NetAddr | undefined;
+
+  private constructor(options: AgentOptions) {
+    this.#config = options.config;
+    this.#log = options.log;
+    const m = options.config.metrics;
+    this.exporter = new RedExporter({
+      naming: m.naming,
+      durationBuckets: m.duration_buckets,
+      sizeBuckets: m.size_buckets,
+      maxSeriesPerMetric: m.max_series_per_metric,
+    });
+  }
+
+  /** Starts everything; on failure, releases what was started and throws. */
+  static async start(options: AgentOptions): Promise<Agent> {
+    const agent = new Agent(options);
+    try {
+      await agent.#start(options);
+    } catch (e) {
+      await agent.stop();
+      throw e;
+    }
+    return agent;
+  }
+
+  /** Where the metrics endpoint listens. */
+  get address(): Deno.NetAddr | undefined {
+    return this.#addr;
+  }
+
+  get targets(): ReadonlyMap<number, TargetProcess> {
+    return this.#discovery?.targets ?? new Map();
+  }
+
+  async #start(options: AgentOptions): Promise<void> {
+    const log = this.#log;
+    const { config } = this;
+    // Bind the port first: a busy port is reported before anything is attached.
+    const listening = Promise.withResolvers<Deno.NetAddr>();
+    try {
+      this.#server = serveMetrics(this.exporter, {
+        hostname: config.metrics.address,
+        port: config.metrics.port,
+        beforeScrape: () => this.drain(),
+        onListen: (addr) => listening.resolve(addr),
+      });
+    } catch (e) {
+      throw new AgentStartError(
+        `Cannot serve metrics on ${config.metrics.address}:${config.metrics.port}: ${
+          (e as Error).message
+        }`,
+      );
+    }
+    this.#addr = await listening.promise;
+    log.info(`metrics on http://${this.#addr.hostname}:${this.#addr.port}/metrics`);
+
+    setLibbpfLogSink((level, line) => {
+      if (level === "warn") log.warn(`libbpf: ${line}`);
+      else log.debug(`libbpf: ${line}`);
+    });
+    const sinks = {
+      observe: (o: RedObservation) => this.#observe(o),
+      dropped: (plugin: string, reason: string) => this.exporter.dropped(plugin, reason),
+      attachFailed: (plugin: string, reason: string) => this.exporter.attachFailed(plugin, reason),
+    };
+    const failures: string[] = [];
+    for (const { plugin, options: pluginOptions } of config.plugins.values()) {
+      try {
+        const host = new PluginHost(plugin, pluginOptions, log, sinks);
+        this.#hosts.push(host);
+        this.exporter.addSource({
+          id: plugin.id,
+          recordsRead: () => host.stats.recordsRead,
+          instrumented: () => host.stats.instrumented,
+          kernel: () => host.stats.kernelCounters(),
+          ringFill: () => host.stats.ringFill(),
+        });
+        log.info(`plugin ${plugin.id} loaded`);
+      } catch (e) {
+        const reason = e instanceof BpfError ? e.code : "error";
+        this.exporter.attachFailed(plugin.id, reason);
+        const hint = e instanceof BpfError && (e.errno === 1 || e.errno === 13)
+          ? " (the agent needs root, or CAP_BPF and CAP_PERFMON)"
+          : "";
+        failures.push(`${plugin.id}: ${(e as Error).message}${hint}`);
+        log.error(`plugin ${plugin.id} cannot start: ${(e as Error).message}${hint}`);
+      }
+    }
+    if (this.#hosts.length === 0) {
+      throw new AgentStartError(
+        failures.length
+          ? `No plugin could start. ${failures.join("; ")}`
+          : "No plugin is enabled in the configuration",
+      );
+    }
+
+    this.#discovery = new Discovery({
+      selfPid: Deno.pid,
+      hostname: Deno.hostname(),
+      defaultNamespace: config.discovery.service_namespace,
+    }, options.procFs);
+    this.#poll();
+    this.#timer = setInterval(() => this.#poll(), config.discovery.poll_interval);
+    options.onListen?.(this.#addr);
+  }
+
+  /** Reads every plugin's ring buffer now. */
+  drain(): void {
+    for (const host of this.#hosts) host.drain();
+  }
+
+  #poll(): void {
+    if (this.#stopped || !this.#discovery) return;
+    let change;
+    try {
+      change = this.#discovery.poll();
+    } catch (e) {
+      this.#log.warn(`discovery: ${(e as Error).message}`);
+      return;
+    }
+    for (const target of change.removed) {
+      // Events already in the ring for this process still need its labels.
+      this.drain();
+      for (const host of this.#hosts) host.remove(target.pid);
+      this.#released.set(target.pid, Date.now());
+      this.#log.info(`released pid ${target.pid} (${target.serviceName})`);
+    }
+    for (const target of change.added) {
+      this.#released.delete(target.pid);
+      this.#labels.set(target.pid, {
+        serviceName: target.serviceName,
+        serviceNamespace: target.serviceNamespace,
+        instance: target.instance,
+      });
+      const plugins = this.#hosts.filter((h) => h.appliesTo(target) && h.add(target)).map((h) =>
+        h.plugin.id
+      );
+      this.#log.info(
+        `instrumenting pid ${target.pid} ${target.exe} (service ${target.serviceName}, ports ${
+          target.listenPorts.join(",")
+        })` +
+          (plugins.length ? ` with ${plugins.join(", ")}` : ": no plugin applies"),
+      );
+    }
+    const now = Date.now();
+    for (const [pid, at] of this.#released) {
+      if (now - at > RELEASED_LABELS_TTL_MS) {
+        this.#released.delete(pid);
+        this.#labels.delete(pid);
+      }
+    }
+    this.exporter.setDiscoveredProcesses(this.#discovery.targets.size);
+  }
+
+  #observe(o: RedObservation): void {
+    const labels = this.#labels.get(o.pid);
+    if (!labels) {
+      this.exporter.dropped("agent", "unknown_process");
+      return;
+    }
+    this.exporter.observe(o, labels);
+  }
+
+  /** Stops discovery and the endpoint, detaches and closes every plugin. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    for (const host of this.#hosts.splice(0).reverse()) {
+      try {
+        await host.close();
+      } catch (e) {
+        this.#log.warn(`closing ${host.plugin.id}: ${(e as Error).message}`);
+      }
+    }
+    setLibbpfLogSink(undefined);
+    if (this.#server) {
+      await this.#server.shutdown();
+      this.#server = undefined;
+    }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+
+  get config(): AgentConfig {
+    return this.#config;
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * The command line: `redprobe [flags]` runs the agent until SIGINT/SIGTERM.
+ *
+ * Exit status: 0 after a clean stop, 2 for a configuration or usage problem (nothing was
+ * attached), 1 when the agent could not start or failed.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { Agent, AgentStartError } from "./agent.ts";
+import { ConfigError, loadConfig } from "./config.ts";
+import { createLogger, LOG_LEVELS, type LogLevel } from "./log.ts";
+import type { AnyPlugin } from "./plugin.ts";
+
+export const VERSION = "0.1.0";
+
+export const USAGE =
+  `redprobe ${VERSION}: RED metrics (rate, errors, duration) for the HTTP services on this
+host, from eBPF probes, with no change to the services.
+
+Usage: redprobe [flags]
+
+With no configuration it instruments every process listening on a TCP port (except itself)
+and serves Prometheus metrics on http://0.0.0.0:9400/metrics. Needs root (or CAP_BPF,
+CAP_PERFMON and CAP_SYS_ADMIN).
+
+Flags:
+  -c, --config FILE          YAML configuration merged over the embedded defaults
+                             (env REDPROBE_CONFIG; see config/default.yaml for every key)
+      --metrics-address ADDR address of the metrics endpoint (env REDPROBE_METRICS_ADDRESS,
+                             default 0.0.0.0)
+      --metrics-port PORT    port of the metrics endpoint (env REDPROBE_METRICS_PORT,
+                             default 9400)
+      --log-level LEVEL      error, warn, info or debug (env REDPROBE_LOG_LEVEL, default info)
+      --print-config         print the effective configuration as JSON and exit
+  -h, --help                 show this help and exit
+  -V, --version              print the version and exit
+
+Exit status: 0 stopped cleanly, 1 could not start or failed, 2 bad configuration or flags.
+`;
+
+export interface CliIo {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  env: Record<string, string | undefined>;
+}
+
+const defaultIo: CliIo = {
+  out: (t) => console.log(t),
+  err: (t) => console.error(t),
+  env: Deno.env.toObject(),
+};
+
+/** Runs the CLI; resolves to the process exit status. */
+export async function main(
+  args: string[],
+  plugins: readonly AnyPlugin[],
+  io: CliIo = defaultIo,
+): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        config: { type: "string", short: "c" },
+        "metrics-address": { type: "string" },
+        "metrics-port": { type: "string" },
+        "log-level": { type: "string" },
+        "print-config": { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+      },
+    });
+  } catch (e) {
+    io.err(`redprobe: ${(e as Error).message}\nRun "redprobe --help" for the flags.`);
+    return 2;
+  }
+  const flags = parsed.values;
+  if (flags.help) {
+    io.out(USAGE);
+    return 0;
+  }
+  if (flags.version) {
+    io.out(`redprobe ${VERSION}`);
+    return 0;
+  }
+
+  let config;
+  try {
+    config = loadConfig({
+      file: flags.config ?? io.env.REDPROBE_CONFIG,
+      env: io.env,
+      overrides: {
+        metricsAddress: flags["metrics-address"],
+        metricsPort: flags["metrics-port"],
+        logLevel: flags["log-level"],
+      },
+      plugins,
+    });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      io.err(`redprobe: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+  if (flags["print-config"]) {
+    const plugins = Object.fromEntries([...config.plugins].map(([id, p]) => [id, p.options]));
+    io.out(JSON.stringify({ ...config, plugins }, null, 2));
+    return 0;
+  }
+
+  const log = createLogger(config.log_level as LogLevel, io.err);
+  let agent: Agent;
+  try {
+    agent = await Agent.start({ config, log });
+  } catch (e) {
+    log.error(
+      e instanceof AgentStartError ? e.message : `cannot start: ${(e as Error).stack ?? e}`,
+    );
+    return 1;
+  }
+
+  const stopped = Promise.withResolvers<number>();
+  const onSignal = (signal: Deno.Signal) => () => {
+    log.info(`${signal}: stopping`);
+    stopped.resolve(0);
+  };
+  const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)] as const);
+  for (const [signal, handler] of handlers) Deno.addSignalListener(signal, handler);
+  const status = await stopped.promise;
+  for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
+  await agent.stop();
+  log.info("stopped; every probe is detached");
+  return status;
+}
+
+export { LOG_LEVELS };

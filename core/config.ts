@@ -1,0 +1,192 @@
+/**
+ * Configuration: the embedded defaults (config/default.yaml), merged with the user's YAML file,
+ * then environment variables, then command-line flags; validated with zod before anything is
+ * attached. Every problem becomes a {@linkcode ConfigError} naming the file and the key.
+ *
+ * @module
+ */
+import { z } from "zod";
+import YAML from "yaml";
+import defaultYaml from "../config/default.yaml" with { type: "text" };
+import { parseDurationMs } from "../lib/duration.ts";
+import { LOG_LEVELS } from "./log.ts";
+import type { AnyPlugin } from "./plugin.ts";
+
+/** A configuration problem: the agent exits with status 2 before attaching anything. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const ms = parseDurationMs(v);
+  if (ms === undefined || ms <= 0) {
+    ctx.addIssue({
+      code: "custom",
+      message: `expected a duration such as "500ms" or "2s", got ${JSON.stringify(v)}`,
+    });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const buckets = z.array(z.number().finite().nonnegative()).min(1).refine(
+  (b) => b.every((v, i) => i === 0 || v > b[i - 1]),
+  "bucket boundaries must be strictly increasing",
+);
+
+const configSchema = z.strictObject({
+  log_level: z.enum(LOG_LEVELS),
+  metrics: z.strictObject({
+    address: z.string().min(1),
+    port: z.number().int().min(0).max(65535),
+    naming: z.enum(["beyla", "otel"]),
+    duration_buckets: buckets,
+    size_buckets: buckets,
+    max_series_per_metric: z.number().int().min(1),
+  }),
+  discovery: z.strictObject({
+    poll_interval: duration,
+    service_namespace: z.string(),
+  }),
+  plugins: z.record(z.string(), z.record(z.string(), z.unknown()).nullable()),
+});
+
+export type AgentConfig = Omit<z.infer<typeof configSchema>, "plugins"> & {
+  /** Enabled plugins, with their validated options. */
+  plugins: Map<string, { plugin: AnyPlugin; options: unknown }>;
+};
+
+/** Command-line settings that override the file and the environment. */
+export interface ConfigOverrides {
+  metricsAddress?: string;
+  metricsPort?: string;
+  logLevel?: string;
+}
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Objects merge key by key; anything else in `over` replaces `base`. */
+export function mergeConfig(base: unknown, over: unknown): unknown {
+  if (!isObject(base) || !isObject(over)) return over === undefined ? base : over;
+  const out: Json = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = mergeConfig(base[k], v);
+  return out;
+}
+
+function parseYaml(text: string, source: string): unknown {
+  const doc = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length) {
+    const e = doc.errors[0];
+    const where = e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : "";
+    throw new ConfigError(
+      `Cannot parse ${source}: YAML syntax error${where}: ${e.message.split("\n")[0]}`,
+    );
+  }
+  const value = doc.toJS() ?? {};
+  if (!isObject(value)) {
+    throw new ConfigError(
+      `Invalid configuration in ${source}: the top level must be a mapping of keys`,
+    );
+  }
+  return value;
+}
+
+function issuesText(error: z.ZodError, prefix = ""): string {
+  return error.issues
+    .map((i) =>
+      `${[prefix, ...i.path.map(String)].filter(Boolean).join(".") || "(top level)"}: ${i.message}`
+    )
+    .join("; ");
+}
+
+/** A port number from an environment variable or flag, named in the error. */
+function portFrom(text: string, what: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || n > 65535) {
+    throw new ConfigError(
+      `Invalid ${what}: expected a TCP port (0-65535), got ${JSON.stringify(text)}`,
+    );
+  }
+  return n;
+}
+
+/**
+ * Builds the effective configuration. `file` is read here (a missing or unreadable file is a
+ * ConfigError); `env` is usually `Deno.env.toObject()`.
+ */
+export function loadConfig(options: {
+  file?: string;
+  env?: Record<string, string | undefined>;
+  overrides?: ConfigOverrides;
+  plugins: readonly AnyPlugin[];
+}): AgentConfig {
+  const env = options.env ?? {};
+  let merged = parseYaml(defaultYaml, "the embedded default configuration");
+  const source = options.file ?? "the configuration";
+  if (options.file) {
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(options.file);
+    } catch (e) {
+      const why = e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message;
+      throw new ConfigError(`Cannot read configuration file ${options.file}: ${why}`);
+    }
+    merged = mergeConfig(merged, parseYaml(text, options.file));
+  }
+  const layer: Json = { metrics: {} };
+  const metrics = layer.metrics as Json;
+  const address = options.overrides?.metricsAddress ?? env.REDPROBE_METRICS_ADDRESS;
+  if (address !== undefined) metrics.address = address;
+  if (options.overrides?.metricsPort !== undefined) {
+    metrics.port = portFrom(options.overrides.metricsPort, "--metrics-port");
+  } else if (env.REDPROBE_METRICS_PORT !== undefined) {
+    metrics.port = portFrom(env.REDPROBE_METRICS_PORT, "REDPROBE_METRICS_PORT");
+  }
+  const level = options.overrides?.logLevel ?? env.REDPROBE_LOG_LEVEL;
+  if (level !== undefined) layer.log_level = level;
+  merged = mergeConfig(merged, layer);
+
+  const parsed = configSchema.safeParse(merged);
+  if (!parsed.success) {
+    throw new ConfigError(`Invalid configuration in ${source}: ${issuesText(parsed.error)}`);
+  }
+
+  const byId = new Map(options.plugins.map((p) => [p.id, p]));
+  const plugins = new Map<string, { plugin: AnyPlugin; options: unknown }>();
+  for (const [id, raw] of Object.entries(parsed.data.plugins)) {
+    const plugin = byId.get(id);
+    if (!plugin) {
+      throw new ConfigError(
+        `Invalid configuration in ${source}: plugins.${id}: unknown plugin (known: ${
+          [...byId.keys()].join(", ")
+        })`,
+      );
+    }
+    const { enabled = true, ...rest } = raw ?? {};
+    if (typeof enabled !== "boolean") {
+      throw new ConfigError(
+        `Invalid configuration in ${source}: plugins.${id}.enabled: expected true or false`,
+      );
+    }
+    if (!enabled) continue;
+    let pluginOptions: unknown = rest;
+    if (plugin.optionsSchema) {
+      const result = plugin.optionsSchema.safeParse(rest);
+      if (!result.success) {
+        throw new ConfigError(
+          `Invalid configuration in ${source}: ${issuesText(result.error, `plugins.${id}`)}`,
+        );
+      }
+      pluginOptions = result.data;
+    }
+    plugins.set(id, { plugin, options: pluginOptions });
+  }
+  return { ...parsed.data, plugins };
+}

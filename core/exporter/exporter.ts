@@ -1,0 +1,272 @@
+/**
+ * The one RED exporter every plugin feeds: the six RED families, the agent's own counters, and
+ * the Prometheus endpoint.
+ *
+ * @module
+ */
+import client from "prom-client";
+import type { RedObservation } from "../plugin.ts";
+import {
+  DEFAULT_DURATION_BUCKETS,
+  DEFAULT_SIZE_BUCKETS,
+  HistogramFamily,
+  HTTP_LABELS,
+  METRIC_NAMES,
+  type MetricNaming,
+  RPC_LABELS,
+} from "./red_metrics.ts";
+
+/** The identity labels of the process an observation came from. */
+export interface TargetLabels {
+  serviceName: string;
+  serviceNamespace: string;
+  instance: string;
+}
+
+export interface ExporterOptions {
+  naming?: MetricNaming;
+  durationBuckets?: number[];
+  sizeBuckets?: number[];
+  /** Hard cap on label sets per metric family. */
+  maxSeriesPerMetric?: number;
+}
+
+/** Where plugin hosts' counters are read from at scrape time. */
+export interface PluginStatsSource {
+  id: string;
+  recordsRead(): number;
+  instrumented(): number;
+  kernel(): { lost: bigint; counters: Map<string, bigint> };
+  ringFill(): number;
+}
+
+const SEP = "\u0001";
+
+export class RedExporter {
+  readonly registry = new client.Registry();
+  readonly httpServerDuration: HistogramFamily;
+  readonly httpClientDuration: HistogramFamily;
+  readonly httpServerRequestSize: HistogramFamily;
+  readonly httpClientRequestSize: HistogramFamily;
+  readonly rpcServerDuration: HistogramFamily;
+  readonly rpcClientDuration: HistogramFamily;
+  readonly #families: HistogramFamily[];
+  readonly #sources: PluginStatsSource[] = [];
+  readonly #dropped: client.Counter<"plugin" | "reason">;
+  readonly #attachFailures: client.Counter<"plugin" | "reason">;
+  #discovered = 0;
+
+  constructor(options: ExporterOptions = {}) {
+    const names = METRIC_NAMES[options.naming ?? "beyla"];
+    const durations = options.durationBuckets ?? DEFAULT_DURATION_BUCKETS;
+    const sizes = options.sizeBuckets ?? DEFAULT_SIZE_BUCKETS;
+    const maxSeries = options.maxSeriesPerMetric ?? 10_000;
+    const family = (name: string, help: string, labelNames: readonly string[], buckets: number[]) =>
+      new HistogramFamily({ name, help, labelNames, buckets, maxSeries });
+    this.httpServerDuration = family(
+      names.httpServerDuration,
+      "Duration of HTTP requests served, in seconds",
+      HTTP_LABELS,
+      durations,
+    );
+    this.httpClientDuration = family(
+      names.httpClientDuration,
+      "Duration of HTTP requests made, in seconds",
+      HTTP_LABELS,
+      durations,
+    );
+    this.httpServerRequestSize = family(
+      names.httpServerRequestSize,
+      "Size of the bodies of HTTP requests served, in bytes",
+      HTTP_LABELS,
+      sizes,
+    );
+    this.httpClientRequestSize = family(
+      names.httpClientRequestSize,
+      "Size of the bodies of HTTP requests made, in bytes",
+      HTTP_LABELS,
+      sizes,
+    );
+    this.rpcServerDuration = family(
+      names.rpcServerDuration,
+      "Duration of RPCs served, in seconds",
+      RPC_LABELS,
+      durations,
+    );
+    this.rpcClientDuration = family(
+      names.rpcClientDuration,
+      "Duration of RPCs made, in seconds",
+      RPC_LABELS,
+      durations,
+    );
+    this.#families = [
+      this.httpServerDuration,
+      this.httpServerRequestSize,
+      this.httpClientDuration,
+      this.httpClientRequestSize,
+      this.rpcServerDuration,
+      this.rpcClientDuration,
+    ];
+    // The Registry only needs `name` and `get()` from a metric.
+    for (const f of this.#families) this.registry.registerMetric(f as unknown as client.Metric);
+    this.#registerInternalMetrics();
+    this.#dropped = new client.Counter({
+      name: "redprobe_events_dropped_total",
+      help: "Events read from the kernel that the agent could not record, by plugin and reason",
+      labelNames: ["plugin", "reason"],
+      registers: [this.registry],
+    });
+    this.#attachFailures = new client.Counter({
+      name: "redprobe_attach_failures_total",
+      help: "Failed attempts to instrument a process, by plugin and reason (errno name)",
+      labelNames: ["plugin", "reason"],
+      registers: [this.registry],
+    });
+  }
+
+  /** Records one observation from the process labelled `target`. */
+  observe(o: RedObservation, target: TargetLabels): void {
+    const targetKey = target.serviceName + SEP + target.serviceNamespace + SEP + target.instance;
+    if ("method" in o) {
+      const key = targetKey + SEP + o.method + SEP + o.status + SEP + o.route;
+      const labels = () => ({
+        service_name: target.serviceName,
+        service_namespace: target.serviceNamespace,
+        target_instance: target.instance,
+        http_request_method: o.method,
+        http_response_status_code: String(o.status),
+        http_route: o.route,
+      });
+      const server = o.kind === "http_server";
+      const recorded = (server ? this.httpServerDuration : this.httpClientDuration).observe(
+        key,
+        labels,
+        o.durationSeconds,
+      );
+      if (recorded) {
+        (server ? this.httpServerRequestSize : this.httpClientRequestSize).observe(
+          key,
+          labels,
+          o.requestSizeBytes ?? 0,
+        );
+      }
+    } else if ("rpcMethod" in o) {
+      const key = targetKey + SEP + o.rpcMethod + SEP + o.rpcSystem + SEP + o.grpcStatusCode;
+      const labels = () => ({
+        service_name: target.serviceName,
+        service_namespace: target.serviceNamespace,
+        target_instance: target.instance,
+        rpc_method: o.rpcMethod,
+        rpc_system: o.rpcSystem,
+        rpc_grpc_status_code: String(o.grpcStatusCode),
+      });
+      (o.kind === "rpc_server" ? this.rpcServerDuration : this.rpcClientDuration).observe(
+        key,
+        labels,
+        o.durationSeconds,
+      );
+    }
+  }
+
+  /** Counts a record the agent could not use. */
+  dropped(plugin: string, reason: string): void {
+    this.#dropped.inc({ plugin, reason });
+  }
+
+  /** Counts a failed attempt to instrument a process. */
+  attachFailed(plugin: string, reason: string): void {
+    this.#attachFailures.inc({ plugin, reason });
+  }
+
+  /** Adds a plugin whose counters are exported. */
+  addSource(source: PluginStatsSource): void {
+    this.#sources.push(source);
+  }
+
+  setDiscoveredProcesses(n: number): void {
+    this.#discovered = n;
+  }
+
+  /** The Prometheus text exposition. */
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  #registerInternalMetrics(): void {
+    const sources = () => this.#sources;
+    const families = () => this.#families;
+    const discovered = () => this.#discovered;
+    new client.Counter({
+      name: "redprobe_events_read_total",
+      help: "Records read from the plugins' ring buffers",
+      labelNames: ["plugin"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of sources()) this.inc({ plugin: s.id }, s.recordsRead());
+      },
+    });
+    new client.Counter({
+      name: "redprobe_events_lost_kernel_total",
+      help: "Records the kernel could not write because the ring buffer was full",
+      labelNames: ["plugin"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of sources()) this.inc({ plugin: s.id }, Number(s.kernel().lost));
+      },
+    });
+    new client.Counter({
+      name: "redprobe_kernel_events_total",
+      help: "Events counted by the plugins' BPF programs (see the plugin's documentation)",
+      labelNames: ["plugin", "event"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of sources()) {
+          for (const [event, n] of s.kernel().counters) {
+            this.inc({ plugin: s.id, event }, Number(n));
+          }
+        }
+      },
+    });
+    new client.Gauge({
+      name: "redprobe_instrumented_processes",
+      help: "Processes a plugin currently instruments",
+      labelNames: ["plugin"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of sources()) this.set({ plugin: s.id }, s.instrumented());
+      },
+    });
+    new client.Gauge({
+      name: "redprobe_discovered_processes",
+      help: "Processes discovery selected for instrumentation",
+      registers: [this.registry],
+      collect() {
+        this.set(discovered());
+      },
+    });
+    new client.Gauge({
+      name: "redprobe_ring_buffer_fill_ratio",
+      help: "Fraction of a plugin's ring buffer holding unread records at scrape time",
+      labelNames: ["plugin"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of sources()) this.set({ plugin: s.id }, s.ringFill());
+      },
+    });
+    new client.Counter({
+      name: "redprobe_series_overflow_total",
+      help: "Observations dropped because a metric reached its label-set cap",
+      labelNames: ["metric"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const f of families()) this.inc({ metric: f.name }, f.overflowed);
+      },
+    });
+  }
+}

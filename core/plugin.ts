@@ -1,0 +1,195 @@
+/**
+ * The plugin contract: what a probe plugin declares, and nothing it does itself.
+ *
+ * A plugin owns one protocol. It contributes a compiled BPF object, says what to attach (once,
+ * and per target process), which load-time constants to set, how to decode the fixed-layout
+ * records its BPF code writes to the `events` ring buffer, and how a decoded event becomes a RED
+ * observation. The core does every attach, owns every link and fd, reads the ring and records
+ * the observations: a plugin never touches FFI.
+ *
+ * Built-in plugins and third-party modules use the same contract; {@linkcode definePlugin} exists
+ * so authors get type inference and early validation.
+ *
+ * @example A minimal plugin
+ * ```ts
+ * import { definePlugin } from "@redprobe/agent";
+ * import obj from "./my_proto.bpf.o" with { type: "bytes" };
+ *
+ * export default definePlugin({
+ *   id: "my-proto",
+ *   description: "My protocol over TCP",
+ *   bpfObject: obj,
+ *   attachOnce: [{ kind: "auto", program: "on_sock_recv" }],
+ *   decode: (bytes) => ({ tgid: new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true) }),
+ *   toObservation: (e) => ({ kind: "http_server", pid: e.tgid, durationSeconds: 0, method: "GET", status: 200, route: "/" }),
+ * });
+ * ```
+ *
+ * @module
+ */
+import { z } from "zod";
+import type { ConstantValue } from "./bpf/object.ts";
+
+/** A process the agent instruments, as discovery found it. */
+export interface TargetProcess {
+  pid: number;
+  /** Start time in clock ticks since boot (/proc/pid/stat field 22): pid + this is unique. */
+  startTime: number;
+  /** Executable path (`/proc/pid/exe`). */
+  exe: string;
+  /** `service_name` label. */
+  serviceName: string;
+  /** `service_namespace` label. */
+  serviceNamespace: string;
+  /** `target_instance` label: `host:pid` of the service's top process (nginx's master). */
+  instance: string;
+  /** TCP ports it listens on. */
+  listenPorts: number[];
+}
+
+/** Something to attach. `program` is the C function name of a program in the plugin's object. */
+export type AttachSpec =
+  /** As the program's section says (`tp_btf/...`, `raw_tp/...`, `tp/cat/name`). */
+  | { kind: "auto"; program: string }
+  | { kind: "tracepoint"; program: string; category: string; name: string }
+  | {
+    kind: "uprobe";
+    program: string;
+    binaryPath: string;
+    symbol?: string;
+    offset?: number;
+    /** Only this pid (per-target attachments default to the target's pid). */
+    pid?: number;
+    /** A missing optional probe is logged, not an attach failure of the plugin. */
+    optional?: boolean;
+  };
+
+/** One RED measurement for the exporter. */
+export type RedObservation =
+  | {
+    kind: "http_server" | "http_client";
+    /** The process that served or made the request (its tgid). */
+    pid: number;
+    durationSeconds: number;
+    /** Upper-case method, or `_OTHER`. */
+    method: string;
+    /** 0 when there was no response. */
+    status: number;
+    route: string;
+    /** Request body size. */
+    requestSizeBytes?: number;
+  }
+  | {
+    kind: "rpc_server" | "rpc_client";
+    pid: number;
+    durationSeconds: number;
+    rpcMethod: string;
+    rpcSystem: string;
+    grpcStatusCode: number;
+  };
+
+/** What a plugin is given when the agent starts it. */
+export interface PluginContext<Options> {
+  /** The plugin's validated options (from `plugins.<id>` in the configuration). */
+  options: Options;
+}
+
+/** The contract. `E` is the plugin's decoded event type, `O` its options type. */
+export interface PluginDefinition<E = unknown, O = Record<string, unknown>> {
+  /** Stable id: lower-case words joined by `-` (`kprobe-http`). Used in config and labels. */
+  id: string;
+  description: string;
+  /** The compiled BPF object (ELF bytes), following the conventions of `bpf/redprobe.bpf.h`. */
+  bpfObject: Uint8Array;
+  /** Validates and defaults `plugins.<id>` options. Unknown keys must be rejected. */
+  optionsSchema?: z.ZodType<O>;
+  /** `const volatile` values to set before load. */
+  constants?: (ctx: PluginContext<O>) => Record<string, ConstantValue>;
+  /** Map sizes to set before load (`{ conns: 65536 }`). */
+  maxEntries?: (ctx: PluginContext<O>) => Record<string, number>;
+  /** Attached once when the plugin starts; such programs must filter by the `targets` map. */
+  attachOnce?: AttachSpec[];
+  /** Whether this plugin instruments `target` (default: every target). */
+  appliesTo?: (target: TargetProcess) => boolean;
+  /** Attachments for one target, detached when it exits. */
+  attachForTarget?: (target: TargetProcess) => AttachSpec[];
+  /** Names of the `stats` map counters at indices 1.. (index 0 is ring-buffer loss). */
+  kernelCounters?: readonly string[];
+  /** Bytes of one ring-buffer record -> event. Pure; must copy what it keeps. */
+  decode: (bytes: Uint8Array) => E;
+  /** Event -> observation, or undefined to ignore the event. */
+  toObservation: (event: E) => RedObservation | undefined;
+}
+
+/** Any plugin, whatever its event type: what the registry and the core handle. */
+// deno-lint-ignore no-explicit-any
+export type AnyPlugin = PluginDefinition<any, any>;
+
+const attachSpecSchema = z.discriminatedUnion("kind", [
+  z.object({ kind: z.literal("auto"), program: z.string().min(1) }),
+  z.object({
+    kind: z.literal("tracepoint"),
+    program: z.string().min(1),
+    category: z.string().min(1),
+    name: z.string().min(1),
+  }),
+  z.object({
+    kind: z.literal("uprobe"),
+    program: z.string().min(1),
+    binaryPath: z.string().min(1),
+    symbol: z.string().optional(),
+    offset: z.number().int().nonnegative().optional(),
+    pid: z.number().int().positive().optional(),
+    optional: z.boolean().optional(),
+  }),
+]);
+
+const pluginSchema = z.object({
+  id: z.string().regex(/^[a-z][a-z0-9]*(-[a-z0-9]+)*$/, "lower-case words joined by '-'"),
+  description: z.string().min(1),
+  bpfObject: z.instanceof(Uint8Array).refine(
+    (b) => b.length > 4 && b[0] === 0x7f && b[1] === 0x45 && b[2] === 0x4c && b[3] === 0x46,
+    "must be the bytes of an ELF object (.bpf.o)",
+  ),
+  optionsSchema: z.custom<z.ZodType>((v) => v instanceof z.ZodType).optional(),
+  constants: z.function().optional(),
+  maxEntries: z.function().optional(),
+  attachOnce: z.array(attachSpecSchema).optional(),
+  appliesTo: z.function().optional(),
+  attachForTarget: z.function().optional(),
+  kernelCounters: z.array(z.string().regex(/^[a-z][a-z0-9_]*$/)).optional(),
+  decode: z.function(),
+  toObservation: z.function(),
+});
+
+/** A plugin definition that does not follow the contract. */
+export class PluginDefinitionError extends Error {
+  constructor(id: string, problems: string) {
+    super(`Invalid plugin "${id}": ${problems}`);
+    this.name = "PluginDefinitionError";
+  }
+}
+
+/** Checks `plugin` against the contract; throws a {@linkcode PluginDefinitionError} naming the field. */
+export function validatePlugin(plugin: unknown): AnyPlugin {
+  const result = pluginSchema.safeParse(plugin);
+  if (!result.success) {
+    const id = (plugin as { id?: unknown })?.id;
+    const problems = result.error.issues
+      .map((i) => `${i.path.join(".") || "(plugin)"}: ${i.message}`)
+      .join("; ");
+    throw new PluginDefinitionError(typeof id === "string" ? id : "?", problems);
+  }
+  return plugin as AnyPlugin;
+}
+
+/**
+ * Identity helper for plugin authors: gives type inference between `decode` and
+ * `toObservation`, and validates the definition when the module loads.
+ */
+export function definePlugin<E, O = Record<string, unknown>>(
+  plugin: PluginDefinition<E, O>,
+): PluginDefinition<E, O> {
+  validatePlugin(plugin);
+  return plugin;
+}

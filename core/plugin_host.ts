@@ -1,0 +1,238 @@
+/**
+ * Runs one plugin: loads its BPF object, attaches what it declares, keeps the `targets` bitmap
+ * in step with the processes it instruments, reads its ring buffer and hands decoded
+ * observations on. It owns every kernel resource of that plugin and frees them in `close()`.
+ *
+ * A failure while attaching to one process is counted and logged; it never stops the plugin or
+ * the other processes.
+ *
+ * @module
+ */
+import type { AnyPlugin, AttachSpec, RedObservation, TargetProcess } from "./plugin.ts";
+import { BpfObject } from "./bpf/object.ts";
+import { attachBySection, attachTracepoint, attachUprobe, type BpfLink } from "./bpf/link.ts";
+import { RingBufferReader } from "./bpf/ring_buffer.ts";
+import type { BpfMap } from "./bpf/map.ts";
+import { BpfError } from "./ffi/libbpf.ts";
+import type { Logger } from "./log.ts";
+
+/** What the host reports to the rest of the agent. */
+export interface PluginHostSinks {
+  observe(observation: RedObservation): void;
+  /** A record the agent could not use (decode error, unknown kind). */
+  dropped(plugin: string, reason: string): void;
+  /** An attach that failed; `reason` is an errno name or a short word. */
+  attachFailed(plugin: string, reason: string): void;
+}
+
+/** Counters the exporter reads at scrape time. */
+export interface PluginHostStats {
+  recordsRead: number;
+  instrumented: number;
+  /** The `stats` map: index 0 (ring-buffer losses) then the plugin's kernel counters. */
+  kernelCounters(): { lost: bigint; counters: Map<string, bigint> };
+  ringFill(): number;
+}
+
+/** Largest pid the targets bitmap must cover, from the running kernel. */
+export function readPidMax(): number {
+  try {
+    return Number(Deno.readTextFileSync("/proc/sys/kernel/pid_max").trim()) || 4_194_304;
+  } catch {
+    return 4_194_304;
+  }
+}
+
+export class PluginHost implements AsyncDisposable {
+  readonly plugin: AnyPlugin;
+  readonly #object: BpfObject;
+  readonly #log: Logger;
+  readonly #sinks: PluginHostSinks;
+  readonly #globalLinks: BpfLink[] = [];
+  readonly #targetLinks = new Map<number, BpfLink[]>();
+  readonly #targets: BpfMap;
+  readonly #stats: BpfMap;
+  readonly #reader: RingBufferReader;
+  #closed = false;
+
+  /**
+   * Opens, configures, loads and attaches `plugin`. Throws (with every partial resource
+   * released) when the plugin cannot run at all on this machine.
+   */
+  constructor(plugin: AnyPlugin, options: unknown, log: Logger, sinks: PluginHostSinks) {
+    this.plugin = plugin;
+    this.#log = log;
+    this.#sinks = sinks;
+    const ctx = { options };
+    // open -> set constants and sizes -> load (verifier) -> attach -> read
+    this.#object = BpfObject.open(plugin.bpfObject, plugin.id.replaceAll("-", "_"));
+    try {
+      const constants = plugin.constants?.(ctx) ?? {};
+      this.#object.setConstants(constants);
+      this.#object.setMaxEntries("targets", Math.ceil((readPidMax() + 1) / 64));
+      for (const [map, entries] of Object.entries(plugin.maxEntries?.(ctx) ?? {})) {
+        this.#object.setMaxEntries(map, entries);
+      }
+      const started = performance.now();
+      this.#object.load();
+      log.debug(`${plugin.id}: BPF object loaded in ${Math.round(performance.now() - started)} ms`);
+      this.#targets = this.#object.map("targets");
+      this.#stats = this.#object.map("stats");
+      for (const spec of plugin.attachOnce ?? []) this.#globalLinks.push(this.#attach(spec));
+      this.#reader = new RingBufferReader(
+        this.#object.map("events"),
+        (record) => this.#onRecord(record),
+        {
+          onError: (e) => log.warn(`${plugin.id}: ring buffer: ${(e as Error).message}`),
+        },
+      );
+      this.#reader.start();
+    } catch (e) {
+      for (const link of this.#globalLinks) link.destroy();
+      this.#object.close();
+      throw e;
+    }
+  }
+
+  get instrumentedPids(): number[] {
+    return [...this.#targetLinks.keys()];
+  }
+
+  readonly stats: PluginHostStats = {
+    recordsRead: 0,
+    instrumented: 0,
+    kernelCounters: () => {
+      const counters = new Map<string, bigint>();
+      if (this.#closed) return { lost: 0n, counters };
+      (this.plugin.kernelCounters ?? []).forEach((name: string, i: number) => {
+        counters.set(name, this.#stats.sumPerCpuU64(i + 1));
+      });
+      return { lost: this.#stats.sumPerCpuU64(0), counters };
+    },
+    ringFill: () => this.#closed ? 0 : this.#reader.pendingBytes / this.#reader.size,
+  };
+
+  /** Whether this plugin wants `target`. */
+  appliesTo(target: TargetProcess): boolean {
+    try {
+      return this.plugin.appliesTo?.(target) ?? true;
+    } catch (e) {
+      this.#log.warn(`${this.plugin.id}: appliesTo(${target.pid}) threw: ${(e as Error).message}`);
+      return false;
+    }
+  }
+
+  /** Starts instrumenting `target`. Returns false (counted, logged) when that failed. */
+  add(target: TargetProcess): boolean {
+    if (this.#closed || this.#targetLinks.has(target.pid)) return true;
+    const links: BpfLink[] = [];
+    try {
+      for (const spec of this.plugin.attachForTarget?.(target) ?? []) {
+        const withPid = spec.kind === "uprobe" ? { ...spec, pid: spec.pid ?? target.pid } : spec;
+        try {
+          links.push(this.#attach(withPid));
+        } catch (e) {
+          if (spec.kind === "uprobe" && spec.optional) {
+            this.#log.debug(`${this.plugin.id}: optional probe skipped: ${(e as Error).message}`);
+            continue;
+          }
+          throw e;
+        }
+      }
+      this.#setTargetBit(target.pid, true);
+    } catch (e) {
+      for (const link of links) link.destroy();
+      const reason = e instanceof BpfError ? e.code : "error";
+      this.#sinks.attachFailed(this.plugin.id, reason);
+      this.#log.warn(
+        `${this.plugin.id}: cannot instrument pid ${target.pid} (${target.exe}): ${
+          (e as Error).message
+        }`,
+      );
+      return false;
+    }
+    this.#targetLinks.set(target.pid, links);
+    this.stats.instrumented = this.#targetLinks.size;
+    return true;
+  }
+
+  /** Stops instrumenting `pid` (it exited): links closed, its bit cleared. */
+  remove(pid: number): void {
+    const links = this.#targetLinks.get(pid);
+    if (!links) return;
+    this.#targetLinks.delete(pid);
+    this.stats.instrumented = this.#targetLinks.size;
+    for (const link of links) {
+      try {
+        link.destroy();
+      } catch (e) {
+        this.#log.debug(`${this.plugin.id}: detach for pid ${pid}: ${(e as Error).message}`);
+      }
+    }
+    if (!this.#closed) this.#setTargetBit(pid, false);
+  }
+
+  /** Consumes what the kernel has written so far (before a scrape). */
+  drain(): void {
+    if (!this.#closed) this.#reader.drain();
+  }
+
+  /** Detaches everything, drains the ring a last time and closes the object. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    for (const pid of [...this.#targetLinks.keys()]) this.remove(pid);
+    for (const link of this.#globalLinks.splice(0)) {
+      try {
+        link.destroy();
+      } catch (e) {
+        this.#log.warn(`${this.plugin.id}: ${(e as Error).message}`);
+      }
+    }
+    await this.#reader.close();
+    this.#closed = true;
+    this.#object.close();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  #attach(spec: AttachSpec): BpfLink {
+    const program = this.#object.program(spec.program);
+    switch (spec.kind) {
+      case "auto":
+        return attachBySection(program);
+      case "tracepoint":
+        return attachTracepoint(program, spec.category, spec.name);
+      case "uprobe":
+        return attachUprobe(program, spec);
+    }
+  }
+
+  #setTargetBit(pid: number, on: boolean): void {
+    const key = new Uint8Array(4);
+    new DataView(key.buffer).setUint32(0, Math.floor(pid / 64), true);
+    const word = this.#targets.lookup(key) ?? new Uint8Array(8);
+    const view = new DataView(word.buffer);
+    const bit = 1n << BigInt(pid % 64);
+    const bits = view.getBigUint64(0, true);
+    view.setBigUint64(0, on ? bits | bit : bits & ~bit, true);
+    this.#targets.update(key, word);
+  }
+
+  #onRecord(record: Uint8Array): void {
+    this.stats.recordsRead++;
+    let observation: RedObservation | undefined;
+    try {
+      observation = this.plugin.toObservation(this.plugin.decode(record));
+    } catch (e) {
+      this.#sinks.dropped(this.plugin.id, "decode_error");
+      this.#log.debug(
+        `${this.plugin.id}: cannot decode a ${record.length}-byte record: ${(e as Error).message}`,
+      );
+      return;
+    }
+    if (observation) this.#sinks.observe(observation);
+    else this.#sinks.dropped(this.plugin.id, "ignored");
+  }
+}

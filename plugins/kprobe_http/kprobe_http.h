@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * Structs shared between kprobe_http.bpf.c and the TypeScript decoder (decode.ts must match this
+ * file: offsets are asserted there). Fixed sizes, explicit padding, little-endian.
+ */
+#ifndef KPROBE_HTTP_H
+#define KPROBE_HTTP_H
+
+/* Bytes of the request path kept per request (longer paths are truncated and flagged). */
+#define HTTP_PATH_MAX 96
+/* Requests that may wait for their response on one connection (HTTP/1.1 pipelining depth). */
+#define HTTP_QUEUE_LEN 8
+
+/* http_request_event.kind */
+#define HTTP_EVENT_SERVER_REQUEST 1
+
+/* http_request_event.flags */
+#define HTTP_FLAG_PATH_TRUNCATED 0x01 /* path longer than HTTP_PATH_MAX */
+#define HTTP_FLAG_TIMEOUT 0x02        /* no response before request_timeout_ns */
+#define HTTP_FLAG_CLOSED 0x04         /* connection closed before the response */
+#define HTTP_FLAG_EVICTED 0x08        /* more than HTTP_QUEUE_LEN requests were waiting */
+#define HTTP_FLAG_PARSE_LOST 0x10     /* the response stream could not be followed */
+
+/* Methods; 0 is an unknown method token (exported as "_OTHER"). */
+enum http_method {
+	HTTP_METHOD_OTHER = 0,
+	HTTP_METHOD_GET = 1,
+	HTTP_METHOD_HEAD = 2,
+	HTTP_METHOD_POST = 3,
+	HTTP_METHOD_PUT = 4,
+	HTTP_METHOD_DELETE = 5,
+	HTTP_METHOD_CONNECT = 6,
+	HTTP_METHOD_OPTIONS = 7,
+	HTTP_METHOD_TRACE = 8,
+	HTTP_METHOD_PATCH = 9,
+};
+
+/* Indices into the stats map beyond REDPROBE_STAT_RINGBUF_LOST (0). decode.ts names them. */
+enum http_stat {
+	HTTP_STAT_CONN_OPENED = 1,       /* connections recognised as HTTP server connections */
+	HTTP_STAT_CONN_NOT_HTTP = 2,     /* tracked connections that stopped parsing as HTTP/1.x */
+	HTTP_STAT_RESPONSE_RESYNC = 3,   /* writes skipped while waiting for a status line */
+	HTTP_STAT_LATE_RESPONSE = 4,     /* responses to requests already counted as timed out */
+	HTTP_STAT_UNMATCHED_RESPONSE = 5, /* responses with no request waiting */
+	HTTP_STAT_QUEUE_EVICTED = 6,     /* requests evicted because the queue was full */
+	HTTP_STAT_UNSUPPORTED_IO = 7,    /* socket I/O through a syscall whose buffers we cannot see */
+	HTTP_STAT_PARSE_LIMIT = 8,       /* data beyond the per-syscall parse budget */
+	HTTP_STAT_TIMEOUTS = 9,          /* requests completed with status 0 by the timeout */
+	HTTP_STAT_CLOSED_PENDING = 10,   /* requests completed with status 0 by a close */
+	HTTP_STAT_PATH_TRUNCATED = 11,   /* request paths longer than HTTP_PATH_MAX */
+	HTTP_STAT_CONN_TABLE_FULL = 12,  /* new connections not tracked: table insert failed */
+	HTTP_STAT_MAX = 13,
+};
+
+/* One completed (or abandoned) request. 144 bytes. */
+struct http_request_event {
+	__u64 start_ns;  /* CLOCK_MONOTONIC: the read that returned the request's first byte */
+	__u64 end_ns;    /* the write of the response status line (or the timeout / close) */
+	__u64 body_size; /* request body bytes: Content-Length, or the sum of chunk sizes */
+	__u64 conn_id;   /* socket cookie */
+	__u32 tgid;
+	__u16 status;    /* 0: no response */
+	__u8 method;     /* enum http_method */
+	__u8 flags;      /* HTTP_FLAG_* */
+	__u8 path_len;
+	__u8 kind;       /* HTTP_EVENT_* */
+	__u8 _pad[6];
+	char path[HTTP_PATH_MAX];
+};
+
+#endif /* KPROBE_HTTP_H */

@@ -1,0 +1,76 @@
+/**
+ * `kprobe-http`: HTTP/1.x server metrics for any process (nginx, Python, Node, Java, ...),
+ * measured in the kernel on the socket tracepoints. It needs no kprobes, despite its name
+ * (kept for compatibility with the design card): see kprobe_http.bpf.c for how and why.
+ *
+ * Duration: from the end of the read that returned the request's first byte to the end of the
+ * write of the response's status line. Request size: the request body (Content-Length, or the
+ * sum of the chunk sizes of a chunked body).
+ *
+ * @module
+ */
+import { z } from "zod";
+import { definePlugin } from "../../core/plugin.ts";
+import { parseDurationMs } from "../../lib/duration.ts";
+import { RouteCache } from "../../lib/route.ts";
+import bpfObject from "./kprobe_http.bpf.o" with { type: "bytes" };
+import {
+  decodeHttpRequestEvent,
+  HTTP_KERNEL_COUNTERS,
+  HttpEventFlag,
+  HttpEventKind,
+  type HttpRequestEvent,
+} from "./decode.ts";
+
+const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const ms = parseDurationMs(v);
+  if (ms === undefined || ms <= 0) {
+    ctx.addIssue({
+      code: "custom",
+      message: `expected a duration such as "30s" or "500ms", got ${JSON.stringify(v)}`,
+    });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+export const kprobeHttpOptions = z.strictObject({
+  /** A request with no response after this long is counted with status 0. */
+  request_timeout: duration.default(30_000),
+  /** Connections tracked at once (least recently used are forgotten beyond this). */
+  max_connections: z.number().int().min(64).max(1 << 22).default(16384),
+});
+
+export type KprobeHttpOptions = z.infer<typeof kprobeHttpOptions>;
+
+const routes = new RouteCache();
+
+export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
+  id: "kprobe-http",
+  description: "HTTP/1.x servers in any language, from socket tracepoints",
+  bpfObject,
+  optionsSchema: kprobeHttpOptions,
+  constants: ({ options }) => ({
+    request_timeout_ns: BigInt(Math.round(options.request_timeout * 1e6)),
+  }),
+  maxEntries: ({ options }) => ({ conns: options.max_connections }),
+  attachOnce: [
+    { kind: "auto", program: "on_sock_recv" },
+    { kind: "auto", program: "on_sock_send" },
+    { kind: "auto", program: "on_sock_state" },
+  ],
+  kernelCounters: HTTP_KERNEL_COUNTERS,
+  decode: decodeHttpRequestEvent,
+  toObservation(e) {
+    if (e.kind !== HttpEventKind.serverRequest) return undefined;
+    return {
+      kind: "http_server",
+      pid: e.tgid,
+      durationSeconds: Number(e.endNs - e.startNs) / 1e9,
+      method: e.method,
+      status: e.status,
+      route: routes.route(e.path, (e.flags & HttpEventFlag.pathTruncated) !== 0),
+      requestSizeBytes: e.bodySize,
+    };
+  },
+});

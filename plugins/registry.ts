@@ -1,0 +1,10 @@
+/**
+ * The built-in plugins, in the order they are started. A plugin is enabled by default when the
+ * embedded configuration (config/default.yaml) lists it under `plugins:`.
+ *
+ * @module
+ */
+import type { AnyPlugin } from "../core/plugin.ts";
+import kprobeHttp from "./kprobe_http/mod.ts";
+
+export const BUILTIN_PLUGINS: readonly AnyPlugin[] = [kprobeHttp];
