@@ -113,16 +113,7 @@ export async function main(
   }
 
   const log = createLogger(config.log_level as LogLevel, io.err);
-  let agent: Agent;
-  try {
-    agent = await Agent.start({ config, log });
-  } catch (e) {
-    log.error(
-      e instanceof AgentStartError ? e.message : `cannot start: ${(e as Error).stack ?? e}`,
-    );
-    return 1;
-  }
-
+  // Listen for signals before starting: a SIGTERM during start-up must still stop cleanly.
   const stopped = Promise.withResolvers<number>();
   const onSignal = (signal: Deno.Signal) => () => {
     log.info(`${signal}: stopping`);
@@ -130,11 +121,21 @@ export async function main(
   };
   const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)] as const);
   for (const [signal, handler] of handlers) Deno.addSignalListener(signal, handler);
-  const status = await stopped.promise;
-  for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
-  await agent.stop();
-  log.info("stopped; every probe is detached");
-  return status;
+  try {
+    let agent: Agent;
+    try {
+      agent = await Agent.start({ config, log });
+    } catch (e) {
+      log.error(e instanceof AgentStartError ? e.message : `cannot start: ${(e as Error).stack ?? e}`);
+      return 1;
+    }
+    const status = await stopped.promise;
+    await agent.stop();
+    log.info("stopped; every probe is detached");
+    return status;
+  } finally {
+    for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
+  }
 }
 
 export { LOG_LEVELS };

@@ -1,0 +1,27 @@
+/**
+ * The committed BPF objects are what their sources build to: rebuilding every `.bpf.c` with
+ * scripts/build_bpf.ts gives the same bytes (clang 14 output is byte-stable once DWARF, which
+ * holds the checkout's path, is stripped).
+ */
+import assert from "node:assert/strict";
+import { findBpfSources, objectPathOf, staleObjects } from "../scripts/build_bpf.ts";
+import { inCi } from "./support/privileges.ts";
+
+function hasClang(): boolean {
+  try {
+    return new Deno.Command("clang", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name: "every committed .bpf.o matches a fresh build of its .bpf.c",
+  ignore: !hasClang() && !inCi(),
+  async fn() {
+    const sources = await findBpfSources();
+    assert.ok(sources.length >= 2, `found ${sources.join(", ")}`);
+    for (const source of sources) assert.ok((await Deno.stat(objectPathOf(source))).isFile, source);
+    assert.deepEqual(await staleObjects(), [], "run: deno task build:bpf");
+  },
+});

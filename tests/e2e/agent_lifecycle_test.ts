@@ -1,0 +1,166 @@
+/**
+ * The agent's lifecycle as a user sees it: processes that start later are picked up within
+ * about a second, processes that exit are released, SIGTERM and SIGINT leave no BPF program
+ * behind, a bad configuration exits 2 before anything is attached, and traffic that is not
+ * HTTP never invents requests.
+ */
+import assert from "node:assert/strict";
+import { dirname, fromFileUrl, join } from "../support/paths.ts";
+import { startAgent } from "../support/agent.ts";
+import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
+import { findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
+import { sendRequests, startNginx, startPython } from "../support/mod.ts";
+
+const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
+const OUR_PROGRAMS = ["on_sock_recv", "on_sock_send", "on_sock_state"];
+
+/** id -> name of the BPF programs loaded in the kernel now (`bpftool prog list`). */
+async function loadedPrograms(): Promise<Map<number, string>> {
+  const out = await new Deno.Command("bpftool", { args: ["prog", "list", "--json"], stdout: "piped" }).output();
+  assert.ok(out.success, "bpftool prog list");
+  const list = JSON.parse(new TextDecoder().decode(out.stdout)) as { id: number; name?: string }[];
+  return new Map(list.map((p) => [p.id, p.name ?? ""]));
+}
+
+/** Ids of the BPF programs a process holds (its fds' fdinfo `prog_id`). */
+function programIdsHeldBy(pid: number): Set<number> {
+  const ids = new Set<number>();
+  for (const fd of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
+    try {
+      const m = /^prog_id:\s*(\d+)$/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd.name}`));
+      if (m) ids.add(Number(m[1]));
+    } catch { /* fd closed meanwhile */ }
+  }
+  return ids;
+}
+
+const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false };
+
+Deno.test({
+  ...base,
+  name: "a server started after the agent is instrumented within about a second, and released when it exits",
+  async fn() {
+    assertBpfAvailable();
+    await using agent = await startAgent({ config: { discovery: { poll_interval: "250ms" } } });
+    const instrumented = (samples: Sample[]) =>
+      findSamples(samples, "redprobe_instrumented_processes", { plugin: "kprobe-http" })[0]?.value ?? NaN;
+    let during = NaN;
+    const started = performance.now();
+    const python = await startPython();
+    try {
+      await agent.waitForPid(python.pid, 5_000);
+      const pickedUpMs = performance.now() - started;
+      assert.ok(pickedUpMs < 2_000, `picked up after ${Math.round(pickedUpMs)} ms`);
+      const result = await sendRequests({ port: python.port, spec: { method: "GET", path: "/hello" }, count: 5, keepAlive: true });
+      assert.equal(result.statuses.get(200), 5);
+      const samples = await agent.samples();
+      assert.equal(
+        sumSamples(samples, "http_server_duration_seconds_count", { target_instance: `${Deno.hostname()}:${python.pid}` }),
+        5,
+      );
+      during = instrumented(samples);
+    } finally {
+      await python.stop();
+    }
+    await agent.waitForRelease(python.pid, 5_000);
+    const after = await agent.samples();
+    // Other servers on this machine are instrumented too: compare, do not assume zero.
+    assert.equal(instrumented(after), during - 1, "released from redprobe_instrumented_processes");
+    // Its series stay: a counter does not go away when the process does.
+    assert.equal(
+      sumSamples(after, "http_server_duration_seconds_count", { target_instance: `${Deno.hostname()}:${python.pid}` }),
+      5,
+    );
+  },
+});
+
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  Deno.test({
+    ...base,
+    name: `${signal} stops the agent with status 0 and leaves no BPF program attached`,
+    async fn() {
+      assertBpfAvailable();
+      const agent = await startAgent();
+      let held: Set<number>;
+      try {
+        held = programIdsHeldBy(agent.pid);
+        const loaded = await loadedPrograms();
+        assert.deepEqual([...held].map((id) => loaded.get(id)).sort(), [...OUR_PROGRAMS].sort());
+      } finally {
+        Deno.kill(agent.pid, signal);
+      }
+      const { code, logs } = await agent.stop();
+      assert.equal(code, 0, logs);
+      assert.match(logs, /every probe is detached/);
+      // The kernel frees programs asynchronously (after an RCU grace period): allow a moment.
+      let left: number[] = [];
+      for (let i = 0; i < 50; i++) {
+        const after = await loadedPrograms();
+        left = [...held].filter((id) => after.has(id));
+        if (left.length === 0) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.deepEqual(left, [], "programs still loaded 5 s after exit");
+    },
+  });
+}
+
+Deno.test({
+  ...base,
+  name: "a bad configuration exits with status 2, names the file and the key, and attaches nothing",
+  async fn() {
+    assertBpfAvailable();
+    const file = await Deno.makeTempFile({ suffix: ".yaml" });
+    try {
+      await Deno.writeTextFile(file, "plugins:\n  kprobe-http:\n    request_timeout: soon\n");
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "--quiet", join(ROOT, "main.ts"), "--config", file],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 2, stderr);
+      assert.ok(stderr.includes(file), stderr);
+      assert.match(stderr, /plugins\.kprobe-http\.request_timeout/);
+      // The configuration is checked before any plugin is loaded.
+      assert.doesNotMatch(stderr, /loaded|instrumenting/);
+    } finally {
+      await Deno.remove(file);
+    }
+  },
+});
+
+Deno.test({
+  ...base,
+  name: "traffic that is not HTTP on a watched port invents no request and crashes nothing",
+  async fn() {
+    assertBpfAvailable();
+    await using agent = await startAgent();
+    await using nginx = await startNginx({ workers: 1, keepalive: true, sendfile: true });
+    for (const pid of await nginx.pids()) await agent.waitForPid(pid);
+    const junk = [
+      new Uint8Array([0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03]), // TLS hello
+      new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), // HTTP/2 preface
+      crypto.getRandomValues(new Uint8Array(4096)),
+      new TextEncoder().encode("\r\n\r\n\r\n"),
+    ];
+    for (const bytes of junk) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: nginx.port });
+      await conn.write(bytes).catch(() => 0);
+      const buf = new Uint8Array(4096);
+      await Promise.race([conn.read(buf).catch(() => null), new Promise((r) => setTimeout(r, 300))]);
+      conn.close();
+    }
+    // The server and the agent still work, and count exactly the real requests.
+    const result = await sendRequests({ port: nginx.port, spec: { method: "GET", path: "/hello" }, count: 3, keepAlive: true });
+    assert.equal(result.statuses.get(200), 3);
+    const samples = await agent.samples();
+    const mine = findSamples(samples, "http_server_duration_seconds_count", {
+      target_instance: `${Deno.hostname()}:${nginx.pid}`,
+    });
+    assert.deepEqual(
+      mine.map((s) => [s.labels.http_request_method, s.labels.http_response_status_code, s.labels.http_route, s.value]),
+      [["GET", "200", "/hello", 3]],
+    );
+  },
+});
