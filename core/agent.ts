@@ -193,6 +193,8 @@ export class Agent implements AsyncDisposable {
     for (const [pid, at] of this.#released) {
       if (now - at > RELEASED_LABELS_TTL_MS) {
         this.#released.delete(pid);
+        const labels = this.#labels.get(pid);
+        if (labels) this.exporter.release(labels);
         this.#labels.delete(pid);
       }
     }

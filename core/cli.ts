@@ -126,7 +126,9 @@ export async function main(
     try {
       agent = await Agent.start({ config, log });
     } catch (e) {
-      log.error(e instanceof AgentStartError ? e.message : `cannot start: ${(e as Error).stack ?? e}`);
+      log.error(
+        e instanceof AgentStartError ? e.message : `cannot start: ${(e as Error).stack ?? e}`,
+      );
       return 1;
     }
     const status = await stopped.promise;

@@ -72,8 +72,12 @@ function isObject(v: unknown): v is Json {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-/** Objects merge key by key; anything else in `over` replaces `base`. */
+/**
+ * Objects merge key by key; anything else in `over` replaces `base`. A null (a YAML key with
+ * nothing under it, e.g. `metrics:` with every line commented out) over an object keeps it.
+ */
 export function mergeConfig(base: unknown, over: unknown): unknown {
+  if (isObject(base) && over === null) return base;
   if (!isObject(base) || !isObject(over)) return over === undefined ? base : over;
   const out: Json = { ...base };
   for (const [k, v] of Object.entries(over)) out[k] = mergeConfig(base[k], v);
@@ -117,6 +121,18 @@ function portFrom(text: string, what: string): number {
   return n;
 }
 
+/** A flag's value if given, else the environment variable's, with where it came from. */
+function fromFlagOrEnv(
+  flag: string | undefined,
+  flagName: string,
+  env: Record<string, string | undefined>,
+  envName: string,
+): { value: string; source: string } | undefined {
+  if (flag !== undefined) return { value: flag, source: flagName };
+  const value = env[envName];
+  return value === undefined ? undefined : { value, source: envName };
+}
+
 /**
  * Builds the effective configuration. `file` is read here (a missing or unreadable file is a
  * ConfigError); `env` is usually `Deno.env.toObject()`.
@@ -140,17 +156,49 @@ export function loadConfig(options: {
     }
     merged = mergeConfig(merged, parseYaml(text, options.file));
   }
+  // Values from flags and the environment are checked here, so an error names where they came
+  // from rather than the file.
   const layer: Json = { metrics: {} };
   const metrics = layer.metrics as Json;
-  const address = options.overrides?.metricsAddress ?? env.REDPROBE_METRICS_ADDRESS;
-  if (address !== undefined) metrics.address = address;
-  if (options.overrides?.metricsPort !== undefined) {
-    metrics.port = portFrom(options.overrides.metricsPort, "--metrics-port");
-  } else if (env.REDPROBE_METRICS_PORT !== undefined) {
-    metrics.port = portFrom(env.REDPROBE_METRICS_PORT, "REDPROBE_METRICS_PORT");
+  const address = fromFlagOrEnv(
+    options.overrides?.metricsAddress,
+    "--metrics-address",
+    env,
+    "REDPROBE_METRICS_ADDRESS",
+  );
+  if (address) {
+    if (!address.value.trim()) {
+      throw new ConfigError(
+        `Invalid ${address.source}: expected a host name or IP address, got ${
+          JSON.stringify(address.value)
+        }`,
+      );
+    }
+    metrics.address = address.value;
   }
-  const level = options.overrides?.logLevel ?? env.REDPROBE_LOG_LEVEL;
-  if (level !== undefined) layer.log_level = level;
+  const port = fromFlagOrEnv(
+    options.overrides?.metricsPort,
+    "--metrics-port",
+    env,
+    "REDPROBE_METRICS_PORT",
+  );
+  if (port) metrics.port = portFrom(port.value, port.source);
+  const level = fromFlagOrEnv(
+    options.overrides?.logLevel,
+    "--log-level",
+    env,
+    "REDPROBE_LOG_LEVEL",
+  );
+  if (level) {
+    if (!(LOG_LEVELS as readonly string[]).includes(level.value)) {
+      throw new ConfigError(
+        `Invalid ${level.source}: expected one of ${LOG_LEVELS.join(", ")}, got ${
+          JSON.stringify(level.value)
+        }`,
+      );
+    }
+    layer.log_level = level.value;
+  }
   merged = mergeConfig(merged, layer);
 
   const parsed = configSchema.safeParse(merged);

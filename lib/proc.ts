@@ -14,6 +14,8 @@ export interface ProcNetTcpEntry {
   inode: number;
 }
 
+const HEX = /^[0-9A-Fa-f]+$/;
+
 /** Parses /proc/net/tcp or /proc/net/tcp6. Malformed lines are skipped. */
 export function parseProcNetTcp(text: string): ProcNetTcpEntry[] {
   const out: ProcNetTcpEntry[] = [];
@@ -21,10 +23,15 @@ export function parseProcNetTcp(text: string): ProcNetTcpEntry[] {
     const f = line.trim().split(/\s+/);
     if (f.length < 10) continue;
     const [address, port] = f[1].split(":");
-    const state = parseInt(f[3], 16);
-    const inode = Number(f[9]);
-    if (!address || !port || Number.isNaN(state) || !Number.isInteger(inode)) continue;
-    out.push({ localAddress: address, localPort: parseInt(port, 16), state, inode });
+    // Strictly hex and decimal: parseInt would read "ZZZZ" as NaN and "1F9x" as 0x1F9.
+    if (!HEX.test(address ?? "") || !HEX.test(port ?? "") || !HEX.test(f[3])) continue;
+    if (!/^\d+$/.test(f[9])) continue;
+    out.push({
+      localAddress: address,
+      localPort: parseInt(port, 16),
+      state: parseInt(f[3], 16),
+      inode: Number(f[9]),
+    });
   }
   return out;
 }

@@ -9,7 +9,8 @@ import { inCi } from "./support/privileges.ts";
 
 function hasClang(): boolean {
   try {
-    return new Deno.Command("clang", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+    return new Deno.Command("clang", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
   } catch {
     return false;
   }

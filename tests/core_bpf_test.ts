@@ -18,7 +18,9 @@ const CALLS = 100;
  * A python process that waits for a line on stdin, then makes CALLS calls of `call` (python
  * never makes the getpriority syscall on its own, so the count is exact), and exits.
  */
-function spawnCaller(call = "os.getpriority(os.PRIO_PROCESS, 0)"): { pid: number; go: () => Promise<void> } {
+function spawnCaller(
+  call = "os.getpriority(os.PRIO_PROCESS, 0)",
+): { pid: number; go: () => Promise<void> } {
   const child = new Deno.Command("python3", {
     args: ["-c", `import os,sys\nsys.stdin.readline()\nfor _ in range(${CALLS}): ${call}\n`],
     stdin: "piped",
@@ -38,8 +40,12 @@ function spawnCaller(call = "os.getpriority(os.PRIO_PROCESS, 0)"): { pid: number
 /** File offset of `symbol` in an ELF file, from readelf (symbol value -> its LOAD segment). */
 async function fileOffsetOf(path: string, symbol: string): Promise<number> {
   const run = async (args: string[]) =>
-    new TextDecoder().decode((await new Deno.Command("readelf", { args, stdout: "piped" }).output()).stdout);
-  const sym = (await run(["-Ws", path])).split("\n").find((l) => l.trim().split(/\s+/)[7]?.split("@")[0] === symbol);
+    new TextDecoder().decode(
+      (await new Deno.Command("readelf", { args, stdout: "piped" }).output()).stdout,
+    );
+  const sym = (await run(["-Ws", path])).split("\n").find((l) =>
+    l.trim().split(/\s+/)[7]?.split("@")[0] === symbol
+  );
   assert.ok(sym, `${symbol} in ${path}`);
   const value = parseInt(sym.trim().split(/\s+/)[1], 16);
   for (const line of (await run(["-lW", path])).split("\n")) {
@@ -59,7 +65,8 @@ const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false }
 
 Deno.test({
   ...base,
-  name: "a classic tracepoint counts exactly one process's syscalls and the ring buffer delivers one record each",
+  name:
+    "a classic tracepoint counts exactly one process's syscalls and the ring buffer delivers one record each",
   async fn() {
     assertBpfAvailable();
     const caller = spawnCaller();
@@ -73,7 +80,11 @@ Deno.test({
       seqs.push(view.getUint32(4, true));
     });
     try {
-      using link = attachTracepoint(obj.program("on_getpriority"), "syscalls", "sys_enter_getpriority");
+      using link = attachTracepoint(
+        obj.program("on_getpriority"),
+        "syscalls",
+        "sys_enter_getpriority",
+      );
       assert.ok(link.attached);
       await caller.go();
       reader.drain();
@@ -98,7 +109,11 @@ Deno.test({
       const where = how === "symbol"
         ? { symbol: "getppid" }
         : { offset: await fileOffsetOf(LIBC, "getppid") };
-      const link = attachUprobe(obj.program("on_uprobe"), { binaryPath: LIBC, pid: caller.pid, ...where });
+      const link = attachUprobe(obj.program("on_uprobe"), {
+        binaryPath: LIBC,
+        pid: caller.pid,
+        ...where,
+      });
       await caller.go();
       assert.equal(stats(obj, 2), CALLS, how);
       link.destroy();
@@ -110,24 +125,34 @@ Deno.test({
 
 Deno.test({
   ...base,
-  name: "errors say what failed: unknown constant, missing tracepoint, missing symbol, unknown program",
+  name:
+    "errors say what failed: unknown constant, missing tracepoint, missing symbol, unknown program",
   fn() {
     assertBpfAvailable();
     using obj = BpfObject.open(OBJECT, "core_probe");
-    assert.throws(() => obj.setConstants({ no_such_constant: 1 }), /has no constant "no_such_constant"/);
+    assert.throws(
+      () => obj.setConstants({ no_such_constant: 1 }),
+      /has no constant "no_such_constant"/,
+    );
     assert.throws(() => obj.setConstants({ target_tgid: 2 ** 40 }), RangeError);
     obj.load();
     assert.throws(() => obj.setConstants({ target_tgid: 1 }), /already loaded/);
     assert.throws(() => obj.program("nope"), /has no program "nope"/);
     assert.throws(
-      () => attachTracepoint(obj.program("on_getpriority"), "syscalls", "sys_enter_no_such_syscall"),
+      () =>
+        attachTracepoint(obj.program("on_getpriority"), "syscalls", "sys_enter_no_such_syscall"),
       (e: unknown) =>
         e instanceof BpfError && e.code === "ENOENT" &&
         e.message.startsWith("Cannot attach tracepoint syscalls/sys_enter_no_such_syscall: ENOENT"),
     );
     assert.throws(
-      () => attachUprobe(obj.program("on_uprobe"), { binaryPath: LIBC, symbol: "no_such_function_here" }),
-      (e: unknown) => e instanceof BpfError && /Cannot attach uprobe "no_such_function_here" to/.test(e.message),
+      () =>
+        attachUprobe(obj.program("on_uprobe"), {
+          binaryPath: LIBC,
+          symbol: "no_such_function_here",
+        }),
+      (e: unknown) =>
+        e instanceof BpfError && /Cannot attach uprobe "no_such_function_here" to/.test(e.message),
     );
   },
 });

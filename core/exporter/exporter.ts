@@ -14,6 +14,7 @@ import {
   METRIC_NAMES,
   type MetricNaming,
   RPC_LABELS,
+  type Series,
 } from "./red_metrics.ts";
 
 /** The identity labels of the process an observation came from. */
@@ -42,6 +43,14 @@ export interface PluginStatsSource {
 
 const SEP = "\u0001";
 
+interface HttpCell {
+  duration: { family: HistogramFamily; series: Series };
+  size: { family: HistogramFamily; series: Series };
+}
+
+/** target (by identity) -> route -> method -> status -> cell */
+type HttpCells = Map<TargetLabels, Map<string, Map<string, Map<number, HttpCell>>>>;
+
 export class RedExporter {
   readonly registry = new client.Registry();
   readonly httpServerDuration: HistogramFamily;
@@ -51,6 +60,8 @@ export class RedExporter {
   readonly rpcServerDuration: HistogramFamily;
   readonly rpcClientDuration: HistogramFamily;
   readonly #families: HistogramFamily[];
+  readonly #httpServerCells: HttpCells = new Map();
+  readonly #httpClientCells: HttpCells = new Map();
   readonly #sources: PluginStatsSource[] = [];
   readonly #dropped: client.Counter<"plugin" | "reason">;
   readonly #attachFailures: client.Counter<"plugin" | "reason">;
@@ -124,48 +135,94 @@ export class RedExporter {
     });
   }
 
-  /** Records one observation from the process labelled `target`. */
+  /**
+   * Records one observation from the process labelled `target`. `target` must be the same
+   * object for every observation of a process (it keys a cache); {@linkcode release} it when
+   * the process is gone.
+   */
   observe(o: RedObservation, target: TargetLabels): void {
-    const targetKey = target.serviceName + SEP + target.serviceNamespace + SEP + target.instance;
     if ("method" in o) {
-      const key = targetKey + SEP + o.method + SEP + o.status + SEP + o.route;
-      const labels = () => ({
-        service_name: target.serviceName,
-        service_namespace: target.serviceNamespace,
-        target_instance: target.instance,
-        http_request_method: o.method,
-        http_response_status_code: String(o.status),
-        http_route: o.route,
-      });
-      const server = o.kind === "http_server";
-      const recorded = (server ? this.httpServerDuration : this.httpClientDuration).observe(
-        key,
-        labels,
-        o.durationSeconds,
-      );
-      if (recorded) {
-        (server ? this.httpServerRequestSize : this.httpClientRequestSize).observe(
-          key,
-          labels,
-          o.requestSizeBytes ?? 0,
-        );
-      }
+      const cell = this.#httpCell(o.kind === "http_server", target, o.route, o.method, o.status);
+      if (!cell) return;
+      cell.duration.family.record(cell.duration.series, o.durationSeconds);
+      cell.size.family.record(cell.size.series, o.requestSizeBytes ?? 0);
     } else if ("rpcMethod" in o) {
-      const key = targetKey + SEP + o.rpcMethod + SEP + o.rpcSystem + SEP + o.grpcStatusCode;
-      const labels = () => ({
+      const family = o.kind === "rpc_server" ? this.rpcServerDuration : this.rpcClientDuration;
+      const key = [
+        target.serviceName,
+        target.serviceNamespace,
+        target.instance,
+        o.rpcMethod,
+        o.rpcSystem,
+        o.grpcStatusCode,
+      ]
+        .join(SEP);
+      family.observe(key, () => ({
         service_name: target.serviceName,
         service_namespace: target.serviceNamespace,
         target_instance: target.instance,
         rpc_method: o.rpcMethod,
         rpc_system: o.rpcSystem,
         rpc_grpc_status_code: String(o.grpcStatusCode),
-      });
-      (o.kind === "rpc_server" ? this.rpcServerDuration : this.rpcClientDuration).observe(
-        key,
-        labels,
-        o.durationSeconds,
-      );
+      }), o.durationSeconds);
     }
+  }
+
+  /**
+   * The two series (duration, request size) of an HTTP label set. The hot path is four Map
+   * lookups on values it already has (no string building); the label set's key is built only
+   * the first time it is seen. Undefined when the cap dropped it.
+   */
+  #httpCell(
+    server: boolean,
+    target: TargetLabels,
+    route: string,
+    method: string,
+    status: number,
+  ): HttpCell | undefined {
+    const byTarget = server ? this.#httpServerCells : this.#httpClientCells;
+    let byRoute = byTarget.get(target);
+    if (!byRoute) byTarget.set(target, byRoute = new Map());
+    let byMethod = byRoute.get(route);
+    if (!byMethod) byRoute.set(route, byMethod = new Map());
+    let byStatus = byMethod.get(method);
+    if (!byStatus) byMethod.set(method, byStatus = new Map());
+    const cached = byStatus.get(status);
+    if (cached) return cached;
+    const key = [
+      target.serviceName,
+      target.serviceNamespace,
+      target.instance,
+      method,
+      status,
+      route,
+    ].join(SEP);
+    const labels = () => ({
+      service_name: target.serviceName,
+      service_namespace: target.serviceNamespace,
+      target_instance: target.instance,
+      http_request_method: method,
+      http_response_status_code: String(status),
+      http_route: route,
+    });
+    const durationFamily = server ? this.httpServerDuration : this.httpClientDuration;
+    const sizeFamily = server ? this.httpServerRequestSize : this.httpClientRequestSize;
+    const duration = durationFamily.series(key, labels);
+    if (!duration) return undefined; // counted as overflow; retried next time (a slot may free)
+    const size = sizeFamily.series(key, labels);
+    if (!size) return undefined;
+    const cell = {
+      duration: { family: durationFamily, series: duration },
+      size: { family: sizeFamily, series: size },
+    };
+    byStatus.set(status, cell);
+    return cell;
+  }
+
+  /** Forgets the cache entries of a target that went away (its series stay exported). */
+  release(target: TargetLabels): void {
+    this.#httpServerCells.delete(target);
+    this.#httpClientCells.delete(target);
   }
 
   /** Counts a record the agent could not use. */

@@ -78,7 +78,7 @@ export interface ExposedMetric {
 }
 
 /** One label set's data: non-cumulative bucket counts (last slot is +Inf), sum, count. */
-interface Series {
+export interface Series {
   labels: Record<string, string>;
   buckets: Float64Array;
   sum: number;
@@ -124,11 +124,23 @@ export class HistogramFamily {
    * a key is seen. Returns false when the observation was dropped by the cap.
    */
   observe(key: string, labels: () => Record<string, string>, value: number): boolean {
+    const series = this.series(key, labels);
+    if (!series) return false;
+    this.record(series, value);
+    return true;
+  }
+
+  /**
+   * The series of the label set `key` identifies, created on first use (`labels()` is only
+   * called then), or undefined when the cap is reached (the caller's observation is counted
+   * as overflow). Callers on a hot path keep the series and {@linkcode record} into it.
+   */
+  series(key: string, labels: () => Record<string, string>): Series | undefined {
     let series = this.#series.get(key);
     if (!series) {
       if (this.#series.size >= this.maxSeries) {
         this.overflowed++;
-        return false;
+        return undefined;
       }
       series = {
         labels: labels(),
@@ -138,13 +150,17 @@ export class HistogramFamily {
       };
       this.#series.set(key, series);
     }
+    return series;
+  }
+
+  /** Adds `value` to a series of this family. */
+  record(series: Series, value: number): void {
     const bounds = this.upperBounds;
     let i = 0;
     while (i < bounds.length && value > bounds[i]) i++;
     series.buckets[i]++;
     series.sum += value;
     series.count++;
-    return true;
   }
 
   /** prom-client's view of the family (cumulative `le` buckets, `_sum`, `_count`). */

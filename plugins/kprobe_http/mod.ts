@@ -66,7 +66,7 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
     return {
       kind: "http_server",
       pid: e.tgid,
-      durationSeconds: Number(e.endNs - e.startNs) / 1e9,
+      durationSeconds: e.durationNs / 1e9,
       method: e.method,
       status: e.status,
       route: routes.route(e.path, (e.flags & HttpEventFlag.pathTruncated) !== 0),

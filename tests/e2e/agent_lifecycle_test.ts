@@ -16,7 +16,10 @@ const OUR_PROGRAMS = ["on_sock_recv", "on_sock_send", "on_sock_state"];
 
 /** id -> name of the BPF programs loaded in the kernel now (`bpftool prog list`). */
 async function loadedPrograms(): Promise<Map<number, string>> {
-  const out = await new Deno.Command("bpftool", { args: ["prog", "list", "--json"], stdout: "piped" }).output();
+  const out = await new Deno.Command("bpftool", {
+    args: ["prog", "list", "--json"],
+    stdout: "piped",
+  }).output();
   assert.ok(out.success, "bpftool prog list");
   const list = JSON.parse(new TextDecoder().decode(out.stdout)) as { id: number; name?: string }[];
   return new Map(list.map((p) => [p.id, p.name ?? ""]));
@@ -38,12 +41,14 @@ const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false }
 
 Deno.test({
   ...base,
-  name: "a server started after the agent is instrumented within about a second, and released when it exits",
+  name:
+    "a server started after the agent is instrumented within about a second, and released when it exits",
   async fn() {
     assertBpfAvailable();
     await using agent = await startAgent({ config: { discovery: { poll_interval: "250ms" } } });
     const instrumented = (samples: Sample[]) =>
-      findSamples(samples, "redprobe_instrumented_processes", { plugin: "kprobe-http" })[0]?.value ?? NaN;
+      findSamples(samples, "redprobe_instrumented_processes", { plugin: "kprobe-http" })[0]
+        ?.value ?? NaN;
     let during = NaN;
     const started = performance.now();
     const python = await startPython();
@@ -51,11 +56,18 @@ Deno.test({
       await agent.waitForPid(python.pid, 5_000);
       const pickedUpMs = performance.now() - started;
       assert.ok(pickedUpMs < 2_000, `picked up after ${Math.round(pickedUpMs)} ms`);
-      const result = await sendRequests({ port: python.port, spec: { method: "GET", path: "/hello" }, count: 5, keepAlive: true });
+      const result = await sendRequests({
+        port: python.port,
+        spec: { method: "GET", path: "/hello" },
+        count: 5,
+        keepAlive: true,
+      });
       assert.equal(result.statuses.get(200), 5);
       const samples = await agent.samples();
       assert.equal(
-        sumSamples(samples, "http_server_duration_seconds_count", { target_instance: `${Deno.hostname()}:${python.pid}` }),
+        sumSamples(samples, "http_server_duration_seconds_count", {
+          target_instance: `${Deno.hostname()}:${python.pid}`,
+        }),
         5,
       );
       during = instrumented(samples);
@@ -68,7 +80,9 @@ Deno.test({
     assert.equal(instrumented(after), during - 1, "released from redprobe_instrumented_processes");
     // Its series stay: a counter does not go away when the process does.
     assert.equal(
-      sumSamples(after, "http_server_duration_seconds_count", { target_instance: `${Deno.hostname()}:${python.pid}` }),
+      sumSamples(after, "http_server_duration_seconds_count", {
+        target_instance: `${Deno.hostname()}:${python.pid}`,
+      }),
       5,
     );
   },
@@ -148,18 +162,33 @@ Deno.test({
       const conn = await Deno.connect({ hostname: "127.0.0.1", port: nginx.port });
       await conn.write(bytes).catch(() => 0);
       const buf = new Uint8Array(4096);
-      await Promise.race([conn.read(buf).catch(() => null), new Promise((r) => setTimeout(r, 300))]);
+      await Promise.race([
+        conn.read(buf).catch(() => null),
+        new Promise((r) => setTimeout(r, 300)),
+      ]);
       conn.close();
     }
     // The server and the agent still work, and count exactly the real requests.
-    const result = await sendRequests({ port: nginx.port, spec: { method: "GET", path: "/hello" }, count: 3, keepAlive: true });
+    const result = await sendRequests({
+      port: nginx.port,
+      spec: { method: "GET", path: "/hello" },
+      count: 3,
+      keepAlive: true,
+    });
     assert.equal(result.statuses.get(200), 3);
     const samples = await agent.samples();
     const mine = findSamples(samples, "http_server_duration_seconds_count", {
       target_instance: `${Deno.hostname()}:${nginx.pid}`,
     });
     assert.deepEqual(
-      mine.map((s) => [s.labels.http_request_method, s.labels.http_response_status_code, s.labels.http_route, s.value]),
+      mine.map((
+        s,
+      ) => [
+        s.labels.http_request_method,
+        s.labels.http_response_status_code,
+        s.labels.http_route,
+        s.value,
+      ]),
       [["GET", "200", "/hello", 3]],
     );
   },

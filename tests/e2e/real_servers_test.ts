@@ -10,7 +10,14 @@ import assert from "node:assert/strict";
 import { type AgentHandle, startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { findSamples, sumSamples } from "../support/prom_text.ts";
-import { type RequestSpec, sendRequests, type ServerHandle, startNginx, startNode, startPython } from "../support/mod.ts";
+import {
+  type RequestSpec,
+  sendRequests,
+  type ServerHandle,
+  startNginx,
+  startNode,
+  startPython,
+} from "../support/mod.ts";
 
 interface PlanItem {
   spec: RequestSpec;
@@ -25,7 +32,12 @@ const PLAN: PlanItem[] = [
   { spec: { method: "GET", path: "/missing" }, count: 5, status: 404, route: "/missing" },
   { spec: { method: "GET", path: "/error" }, count: 4, status: 500, route: "/error" },
   { spec: { method: "GET", path: "/users/42" }, count: 3, status: 200, route: "/users/{id}" },
-  { spec: { method: "GET", path: "/users/7?expand=1" }, count: 2, status: 200, route: "/users/{id}" },
+  {
+    spec: { method: "GET", path: "/users/7?expand=1" },
+    count: 2,
+    status: 200,
+    route: "/users/{id}",
+  },
   { spec: { method: "GET", path: "/big" }, count: 3, status: 200, route: "/big" },
   { spec: { method: "HEAD", path: "/hello" }, count: 3, status: 200, route: "/hello" },
   {
@@ -36,7 +48,13 @@ const PLAN: PlanItem[] = [
     bodyBytes: 300,
   },
   {
-    spec: { method: "POST", path: "/submit", body: "b".repeat(1000), chunked: true, chunkSize: 256 },
+    spec: {
+      method: "POST",
+      path: "/submit",
+      body: "b".repeat(1000),
+      chunked: true,
+      chunkSize: 256,
+    },
     count: 3,
     status: 200,
     route: "/submit",
@@ -48,14 +66,29 @@ const PLAN: PlanItem[] = [
 async function drive(
   server: ServerHandle,
   modes: { keepAlive: boolean; concurrency: number }[],
-): Promise<{ expected: Map<string, { count: number; bytes: number }>; clientSeconds: number; requests: number }> {
+): Promise<
+  {
+    expected: Map<string, { count: number; bytes: number }>;
+    clientSeconds: number;
+    requests: number;
+  }
+> {
   const expected = new Map<string, { count: number; bytes: number }>();
   let clientSeconds = 0;
   let requests = 0;
   for (const mode of modes) {
     for (const item of PLAN) {
-      const result = await sendRequests({ port: server.port, spec: item.spec, count: item.count, ...mode });
-      assert.deepEqual([...result.statuses], [[item.status, item.count]], `${item.spec.method} ${item.spec.path}`);
+      const result = await sendRequests({
+        port: server.port,
+        spec: item.spec,
+        count: item.count,
+        ...mode,
+      });
+      assert.deepEqual(
+        [...result.statuses],
+        [[item.status, item.count]],
+        `${item.spec.method} ${item.spec.path}`,
+      );
       clientSeconds += result.clientSeconds.reduce((a, b) => a + b, 0);
       requests += item.count;
       const key = `${item.spec.method} ${item.status} ${item.route}`;
@@ -94,23 +127,51 @@ async function checkServer(
 
   for (const [key, e] of expected) {
     const [method, status, route] = key.split(" ");
-    const labels = { ...mine, http_request_method: method, http_response_status_code: status, http_route: route };
-    assert.equal(sumSamples(samples, "http_server_request_size_bytes_sum", labels), e.bytes, `body bytes of ${key}`);
-    assert.equal(sumSamples(samples, "http_server_request_size_bytes_count", labels), e.count, `sizes of ${key}`);
-    const inf = findSamples(samples, "http_server_duration_seconds_bucket", { ...labels, le: "+Inf" });
+    const labels = {
+      ...mine,
+      http_request_method: method,
+      http_response_status_code: status,
+      http_route: route,
+    };
+    assert.equal(
+      sumSamples(samples, "http_server_request_size_bytes_sum", labels),
+      e.bytes,
+      `body bytes of ${key}`,
+    );
+    assert.equal(
+      sumSamples(samples, "http_server_request_size_bytes_count", labels),
+      e.count,
+      `sizes of ${key}`,
+    );
+    const inf = findSamples(samples, "http_server_duration_seconds_bucket", {
+      ...labels,
+      le: "+Inf",
+    });
     assert.equal(inf[0]?.value, e.count, `+Inf bucket of ${key}`);
   }
 
   const measured = sumSamples(samples, "http_server_duration_seconds_sum", mine);
-  assert.ok(measured <= clientSeconds, `agent's ${measured}s must not exceed the client's ${clientSeconds}s`);
-  const serverSeconds = (await server.serverSeconds({ atLeast: requests })).reduce((a, b) => a + b, 0);
+  assert.ok(
+    measured <= clientSeconds,
+    `agent's ${measured}s must not exceed the client's ${clientSeconds}s`,
+  );
+  const serverSeconds = (await server.serverSeconds({ atLeast: requests })).reduce(
+    (a, b) => a + b,
+    0,
+  );
   if (serverTimesMeasureInside) {
-    assert.ok(measured >= serverSeconds, `agent's ${measured}s must cover the server's own ${serverSeconds}s`);
+    assert.ok(
+      measured >= serverSeconds,
+      `agent's ${measured}s must cover the server's own ${serverSeconds}s`,
+    );
   }
   assert.ok(measured > 0);
 }
 
-const KEEPALIVE_AND_NOT = [{ keepAlive: true, concurrency: 3 }, { keepAlive: false, concurrency: 1 }];
+const KEEPALIVE_AND_NOT = [{ keepAlive: true, concurrency: 3 }, {
+  keepAlive: false,
+  concurrency: 1,
+}];
 
 Deno.test({
   name: "kprobe-http counts every request to real nginx, python and node servers exactly",

@@ -1,0 +1,143 @@
+import assert from "node:assert/strict";
+import { validatePlugin } from "../../core/plugin.ts";
+import {
+  decodeHttpRequestEvent,
+  encodeHttpRequestEvent,
+  HTTP_KERNEL_COUNTERS,
+  HttpEventFlag,
+  HttpEventKind,
+  type HttpRequestEvent,
+} from "./decode.ts";
+import plugin, { kprobeHttpOptions } from "./mod.ts";
+
+type EventInput = Parameters<typeof encodeHttpRequestEvent>[0];
+
+/** An event as the plugin's decode would give it for a record with these fields. */
+function event(fields: EventInput = {}): HttpRequestEvent {
+  return plugin.decode(encodeHttpRequestEvent({
+    startNs: 5_000_000_000n,
+    endNs: 5_020_000_000n,
+    tgid: 4242,
+    status: 200,
+    method: "GET",
+    path: "/",
+    bodySize: 0,
+    ...fields,
+  }));
+}
+
+Deno.test("kprobe-http toObservation() makes an http_server observation of a request", () => {
+  assert.deepEqual(
+    plugin.toObservation(event({
+      tgid: 777,
+      method: "POST",
+      status: 201,
+      path: "/api/items",
+      bodySize: 512,
+    })),
+    {
+      kind: "http_server",
+      pid: 777,
+      durationSeconds: 0.02,
+      method: "POST",
+      status: 201,
+      route: "/api/items",
+      requestSizeBytes: 512,
+    },
+  );
+});
+
+Deno.test("kprobe-http toObservation() takes the duration from start_ns and end_ns", () => {
+  const cases: [bigint, bigint, number][] = [
+    [1_000_000_000n, 1_250_000_000n, 0.25],
+    [7n, 7n, 0],
+    [0xffff_fff0n, 0x1_0000_0010n, 32e-9], // across the 32-bit halves
+    [86_400n * 10n ** 9n * 400n, 86_400n * 10n ** 9n * 400n + 1_500_000n, 0.0015], // 400 days up
+  ];
+  for (const [startNs, endNs, seconds] of cases) {
+    const o = plugin.toObservation(event({ startNs, endNs }));
+    assert.ok(o && o.kind === "http_server");
+    assert.ok(
+      Math.abs(o.durationSeconds - seconds) < 1e-12,
+      `${startNs}->${endNs}: ${o.durationSeconds}`,
+    );
+  }
+});
+
+Deno.test("kprobe-http toObservation() turns the path into a templated route", () => {
+  const route = (path: string, flags = 0) => {
+    const o = plugin.toObservation(event({ path, flags }));
+    assert.ok(o && "route" in o);
+    return o.route;
+  };
+  assert.equal(route("/users/42?x=1"), "/users/{id}");
+  assert.equal(route("/users/42/orders/7f3a9b2c4d5e6f70"), "/users/{id}/orders/{id}");
+  assert.equal(route("/static/app.js"), "/static/app.js");
+  assert.equal(route("http://example.com/a/1"), "/a/{id}");
+  assert.equal(route("*"), "*");
+});
+
+Deno.test("kprobe-http toObservation() ends the route of a truncated path with /*", () => {
+  const long = "/files/" + "x".repeat(200);
+  const e = event({ path: long, flags: HttpEventFlag.pathTruncated });
+  assert.equal(e.path.length, 96, "the probe kept HTTP_PATH_MAX bytes");
+  const o = plugin.toObservation(e);
+  assert.ok(o && "route" in o);
+  assert.equal(o.route, "/files/*");
+  // Without the flag the same path is a route of its own.
+  const untruncated = plugin.toObservation(event({ path: "/files/abc" }));
+  assert.ok(untruncated && "route" in untruncated);
+  assert.equal(untruncated.route, "/files/abc");
+  // Other flags do not truncate.
+  const timedOut = plugin.toObservation(
+    event({ path: "/files/abc", flags: HttpEventFlag.timeout }),
+  );
+  assert.ok(timedOut && "route" in timedOut);
+  assert.equal(timedOut.route, "/files/abc");
+});
+
+Deno.test("kprobe-http toObservation() keeps status 0 for a request with no response", () => {
+  for (const flag of [HttpEventFlag.timeout, HttpEventFlag.closed, HttpEventFlag.evicted]) {
+    const o = plugin.toObservation(event({ status: 0, flags: flag }));
+    assert.ok(o && o.kind === "http_server");
+    assert.equal(o.status, 0);
+  }
+});
+
+Deno.test("kprobe-http toObservation() passes _OTHER for an unknown method", () => {
+  const o = plugin.toObservation(event({ methodIndex: 0 }));
+  assert.ok(o && "method" in o);
+  assert.equal(o.method, "_OTHER");
+});
+
+Deno.test("kprobe-http toObservation() ignores events that are not server requests", () => {
+  for (const kind of [0, 2, 255]) {
+    assert.equal(plugin.toObservation(event({ kind })), undefined, `kind ${kind}`);
+  }
+  assert.ok(plugin.toObservation(event({ kind: HttpEventKind.serverRequest })));
+});
+
+Deno.test("kprobe-http is a valid plugin that decodes with decodeHttpRequestEvent", () => {
+  assert.equal(validatePlugin(plugin), plugin);
+  assert.equal(plugin.id, "kprobe-http");
+  assert.equal(plugin.decode, decodeHttpRequestEvent);
+  assert.deepEqual(plugin.kernelCounters, HTTP_KERNEL_COUNTERS);
+});
+
+Deno.test("kprobe-http options default to 30s and 16384 connections and reject unknown keys", () => {
+  assert.deepEqual(kprobeHttpOptions.parse({}), {
+    request_timeout: 30_000,
+    max_connections: 16384,
+  });
+  assert.deepEqual(kprobeHttpOptions.parse({ request_timeout: "250ms" }).request_timeout, 250);
+  assert.equal(kprobeHttpOptions.safeParse({ request_timeout: "soon" }).success, false);
+  assert.equal(kprobeHttpOptions.safeParse({ request_timeout: 0 }).success, false);
+  assert.equal(kprobeHttpOptions.safeParse({ max_connections: 63 }).success, false);
+  assert.equal(kprobeHttpOptions.safeParse({ retries: 1 }).success, false);
+});
+
+Deno.test("kprobe-http sets request_timeout_ns and the connection table size from its options", () => {
+  const options = kprobeHttpOptions.parse({ request_timeout: "1.5s", max_connections: 1024 });
+  assert.deepEqual(plugin.constants?.({ options }), { request_timeout_ns: 1_500_000_000n });
+  assert.deepEqual(plugin.maxEntries?.({ options }), { conns: 1024 });
+});

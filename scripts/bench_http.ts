@@ -1,0 +1,293 @@
+/**
+ * What the agent costs nginx: throughput at saturation and p99 latency at a fixed rate, without
+ * and with the agent, in one run, alternating, repeated; plus the agent's own CPU per request.
+ *
+ *   deno run -A scripts/bench_http.ts [--rounds 5] [--seconds 10] [--out bench/results/http.md]
+ *
+ * Setup: nginx (1 worker pinned to CPU 0, keep-alive, sendfile on, access log on) serving a
+ * 6-byte file on 127.0.0.1; wrk (1 thread, 10 connections) pinned to CPU 1; the agent
+ * unpinned, as a user would run it. Latency: `hey` at half the baseline throughput.
+ * These machines are noisy: compare the with/without ratio of the same round, not absolutes.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+const args = parseArgs({
+  args: Deno.args,
+  options: {
+    rounds: { type: "string", default: "5" },
+    seconds: { type: "string", default: "10" },
+    out: { type: "string" },
+    connections: { type: "string", default: "10" },
+  },
+});
+const ROUNDS = Number(args.values.rounds);
+const SECONDS = Number(args.values.seconds);
+const CONNECTIONS = Number(args.values.connections);
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+async function run(cmd: string, cmdArgs: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd, { args: cmdArgs, stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  if (!out.success) throw new Error(`${cmd} ${cmdArgs.join(" ")} failed:\n${text}`);
+  return text;
+}
+
+async function startNginx(): Promise<{ port: number; stop: () => Promise<void> }> {
+  const dir = await Deno.makeTempDir({ prefix: "redprobe-bench-nginx-" });
+  const port = freePort();
+  await Deno.mkdir(`${dir}/html`);
+  await Deno.writeTextFile(`${dir}/html/hello`, "hello\n");
+  await Deno.writeTextFile(
+    `${dir}/nginx.conf`,
+    `worker_processes 1;
+worker_cpu_affinity 01;
+user root root;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log;
+events { worker_connections 1024; }
+http {
+  access_log ${dir}/access.log;
+  sendfile on;
+  keepalive_requests 100000000;
+  client_body_temp_path ${dir}/tmp; proxy_temp_path ${dir}/tmp; fastcgi_temp_path ${dir}/tmp;
+  uwsgi_temp_path ${dir}/tmp; scgi_temp_path ${dir}/tmp;
+  server { listen 127.0.0.1:${port}; root ${dir}/html; }
+}
+`,
+  );
+  const child = new Deno.Command("/usr/sbin/nginx", {
+    args: ["-p", `${dir}/`, "-c", `${dir}/nginx.conf`, "-e", `${dir}/error.log`, "-g", "daemon off;"],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  for (let i = 0; i < 100; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    port,
+    stop: async () => {
+      child.kill("SIGQUIT");
+      await child.status;
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+interface Agent {
+  pid: number;
+  metricsPort: number;
+  stop(): Promise<void>;
+}
+
+async function startAgent(): Promise<Agent> {
+  const metricsPort = freePort();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", join(ROOT, "main.ts"), "--metrics-address", "127.0.0.1", "--metrics-port", String(metricsPort)],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let log = "";
+  while (!/instrumenting pid \d+ \/usr\/sbin\/nginx/.test(log)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`agent exited:\n${log}`);
+    log += value;
+  }
+  (async () => {
+    while (!(await reader.read()).done) { /* keep the pipe drained */ }
+  })();
+  await new Promise((r) => setTimeout(r, 1000)); // every nginx process attached
+  return {
+    pid: child.pid,
+    metricsPort,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
+function cpuTicks(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return Number(f[11]) + Number(f[12]); // utime + stime (fields 14, 15)
+}
+
+async function wrk(port: number): Promise<{ rps: number; requests: number }> {
+  const text = await run("taskset", [
+    "-c",
+    "1",
+    "wrk",
+    "-t1",
+    `-c${CONNECTIONS}`,
+    `-d${SECONDS}s`,
+    `http://127.0.0.1:${port}/hello`,
+  ]);
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]);
+  const requests = Number(/(\d+) requests in/.exec(text)?.[1]);
+  if (!rps) throw new Error(`cannot read wrk output:\n${text}`);
+  return { rps, requests };
+}
+
+async function heyP99(port: number, rate: number): Promise<number> {
+  const perWorker = Math.max(1, Math.round(rate / CONNECTIONS));
+  const text = await run("taskset", [
+    "-c",
+    "1",
+    "hey",
+    "-z",
+    `${SECONDS}s`,
+    "-c",
+    String(CONNECTIONS),
+    "-q",
+    String(perWorker),
+    `http://127.0.0.1:${port}/hello`,
+  ]);
+  const p99 = Number(/99%\s+in\s+([\d.]+)\s+secs/.exec(text)?.[1]);
+  if (!Number.isFinite(p99)) throw new Error(`cannot read hey output:\n${text}`);
+  return p99 * 1000;
+}
+
+async function countedRequests(agent: Agent, port: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
+  let n = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith("http_server_duration_seconds_count{") && line.includes('service_name="nginx"')) {
+      n += Number(line.slice(line.lastIndexOf(" ") + 1));
+    }
+  }
+  void port;
+  return n;
+}
+
+interface Round {
+  baselineRps: number;
+  agentRps: number;
+  baselineP99Ms: number;
+  agentP99Ms: number;
+  agentCpuUsPerRequest: number;
+  sent: number;
+  counted: number;
+}
+
+const nginx = await startNginx();
+const rounds: Round[] = [];
+try {
+  await wrk(nginx.port); // warm-up
+  for (let r = 0; r < ROUNDS; r++) {
+    // Alternate which configuration goes first, so drift on the machine cancels out.
+    const agentFirst = r % 2 === 1;
+    let baseline!: { rps: number };
+    let withAgent!: { rps: number; requests: number };
+    let cpu = 0;
+    let counted = 0;
+    const measureBaseline = async () => {
+      baseline = await wrk(nginx.port);
+    };
+    const measureAgent = async () => {
+      const agent = await startAgent();
+      try {
+        const before = cpuTicks(agent.pid);
+        const countedBefore = await countedRequests(agent, nginx.port);
+        withAgent = await wrk(nginx.port);
+        cpu = (cpuTicks(agent.pid) - before) * (1e6 / 100); // ticks of 10 ms -> µs
+        counted = (await countedRequests(agent, nginx.port)) - countedBefore;
+      } finally {
+        await agent.stop();
+      }
+    };
+    if (agentFirst) {
+      await measureAgent();
+      await measureBaseline();
+    } else {
+      await measureBaseline();
+      await measureAgent();
+    }
+    const rate = Math.round(baseline.rps / 2);
+    const baselineP99 = await heyP99(nginx.port, rate);
+    const agent = await startAgent();
+    let agentP99: number;
+    try {
+      agentP99 = await heyP99(nginx.port, rate);
+    } finally {
+      await agent.stop();
+    }
+    const round: Round = {
+      baselineRps: baseline.rps,
+      agentRps: withAgent.rps,
+      baselineP99Ms: baselineP99,
+      agentP99Ms: agentP99,
+      agentCpuUsPerRequest: cpu / withAgent.requests,
+      sent: withAgent.requests,
+      counted,
+    };
+    rounds.push(round);
+    console.error(
+      `round ${r + 1}: ${round.baselineRps.toFixed(0)} -> ${round.agentRps.toFixed(0)} req/s ` +
+        `(${((round.agentRps / round.baselineRps - 1) * 100).toFixed(1)}%), p99 ${baselineP99.toFixed(2)} -> ` +
+        `${agentP99.toFixed(2)} ms, agent ${round.agentCpuUsPerRequest.toFixed(2)} µs CPU/request, ` +
+        `counted ${counted} of ${round.sent} completed`,
+    );
+  }
+} finally {
+  await nginx.stop();
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const ratios = rounds.map((r) => r.agentRps / r.baselineRps);
+const summary = {
+  throughputLossMedianPct: (1 - median(ratios)) * 100,
+  throughputLossPerRoundPct: ratios.map((x) => +((1 - x) * 100).toFixed(2)),
+  p99AddedMedianMs: median(rounds.map((r) => r.agentP99Ms - r.baselineP99Ms)),
+  agentCpuUsPerRequestMedian: median(rounds.map((r) => r.agentCpuUsPerRequest)),
+};
+const command = `deno run -A scripts/bench_http.ts --rounds ${ROUNDS} --seconds ${SECONDS}`;
+const table = [
+  `# nginx with and without redprobe`,
+  ``,
+  `Command: \`${command}\`  `,
+  `Machine: ${Deno.hostname()}, ${navigator.hardwareConcurrency} CPUs, ${Deno.osRelease()}, ${new Date().toISOString()}  `,
+  `nginx: 1 worker pinned to CPU 0, keep-alive, sendfile on, access log on, 6-byte file. ` +
+  `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s pinned to CPU 1. p99: hey at half the round's baseline rate.`,
+  ``,
+  `| round | baseline req/s | with agent req/s | change | p99 baseline ms | p99 with agent ms | agent CPU µs/request | counted / completed |`,
+  `|---|---|---|---|---|---|---|---|`,
+  ...rounds.map((r, i) =>
+    `| ${i + 1} | ${r.baselineRps.toFixed(0)} | ${r.agentRps.toFixed(0)} | ${((r.agentRps / r.baselineRps - 1) * 100).toFixed(1)}% | ` +
+    `${r.baselineP99Ms.toFixed(2)} | ${r.agentP99Ms.toFixed(2)} | ${r.agentCpuUsPerRequest.toFixed(2)} | ${r.counted} / ${r.sent} |`
+  ),
+  ``,
+  `Median throughput loss: **${summary.throughputLossMedianPct.toFixed(1)}%** (target: at most 5%). ` +
+  `Median added p99: **${summary.p99AddedMedianMs.toFixed(2)} ms**. ` +
+  `Median agent CPU: **${summary.agentCpuUsPerRequestMedian.toFixed(2)} µs per request**.`,
+  ``,
+  `"counted" can exceed "completed" by up to ${CONNECTIONS}: wrk does not count the requests in flight ` +
+  `when it stops, whose responses nginx still wrote.`,
+  ``,
+].join("\n");
+console.log(table);
+if (args.values.out) {
+  await Deno.mkdir(dirname(args.values.out), { recursive: true });
+  await Deno.writeTextFile(args.values.out, table);
+  await Deno.writeTextFile(args.values.out.replace(/\.md$/, ".json"), JSON.stringify({ command, rounds, summary }, null, 2));
+}
