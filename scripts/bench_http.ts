@@ -38,7 +38,8 @@ function freePort(): number {
 }
 
 async function run(cmd: string, cmdArgs: string[]): Promise<string> {
-  const out = await new Deno.Command(cmd, { args: cmdArgs, stdout: "piped", stderr: "piped" }).output();
+  const out = await new Deno.Command(cmd, { args: cmdArgs, stdout: "piped", stderr: "piped" })
+    .output();
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   if (!out.success) throw new Error(`${cmd} ${cmdArgs.join(" ")} failed:\n${text}`);
   return text;
@@ -68,7 +69,16 @@ http {
 `,
   );
   const child = new Deno.Command("/usr/sbin/nginx", {
-    args: ["-p", `${dir}/`, "-c", `${dir}/nginx.conf`, "-e", `${dir}/error.log`, "-g", "daemon off;"],
+    args: [
+      "-p",
+      `${dir}/`,
+      "-c",
+      `${dir}/nginx.conf`,
+      "-e",
+      `${dir}/error.log`,
+      "-g",
+      "daemon off;",
+    ],
     stdout: "null",
     stderr: "null",
   }).spawn();
@@ -99,7 +109,16 @@ interface Agent {
 async function startAgent(): Promise<Agent> {
   const metricsPort = freePort();
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--quiet", join(ROOT, "main.ts"), "--metrics-address", "127.0.0.1", "--metrics-port", String(metricsPort)],
+    args: [
+      "run",
+      "-A",
+      "--quiet",
+      join(ROOT, "main.ts"),
+      "--metrics-address",
+      "127.0.0.1",
+      "--metrics-port",
+      String(metricsPort),
+    ],
     stdout: "null",
     stderr: "piped",
   }).spawn();
@@ -169,7 +188,10 @@ async function countedRequests(agent: Agent, port: number): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
   let n = 0;
   for (const line of text.split("\n")) {
-    if (line.startsWith("http_server_duration_seconds_count{") && line.includes('service_name="nginx"')) {
+    if (
+      line.startsWith("http_server_duration_seconds_count{") &&
+      line.includes('service_name="nginx"')
+    ) {
       n += Number(line.slice(line.lastIndexOf(" ") + 1));
     }
   }
@@ -241,8 +263,12 @@ try {
     rounds.push(round);
     console.error(
       `round ${r + 1}: ${round.baselineRps.toFixed(0)} -> ${round.agentRps.toFixed(0)} req/s ` +
-        `(${((round.agentRps / round.baselineRps - 1) * 100).toFixed(1)}%), p99 ${baselineP99.toFixed(2)} -> ` +
-        `${agentP99.toFixed(2)} ms, agent ${round.agentCpuUsPerRequest.toFixed(2)} µs CPU/request, ` +
+        `(${((round.agentRps / round.baselineRps - 1) * 100).toFixed(1)}%), p99 ${
+          baselineP99.toFixed(2)
+        } -> ` +
+        `${agentP99.toFixed(2)} ms, agent ${
+          round.agentCpuUsPerRequest.toFixed(2)
+        } µs CPU/request, ` +
         `counted ${counted} of ${round.sent} completed`,
     );
   }
@@ -266,18 +292,26 @@ const table = [
   `# nginx with and without redprobe`,
   ``,
   `Command: \`${command}\`  `,
-  `Machine: ${Deno.hostname()}, ${navigator.hardwareConcurrency} CPUs, ${Deno.osRelease()}, ${new Date().toISOString()}  `,
+  `Machine: ${Deno.hostname()}, ${navigator.hardwareConcurrency} CPUs, ${Deno.osRelease()}, ${
+    new Date().toISOString()
+  }  `,
   `nginx: 1 worker pinned to CPU 0, keep-alive, sendfile on, access log on, 6-byte file. ` +
   `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s pinned to CPU 1. p99: hey at half the round's baseline rate.`,
   ``,
   `| round | baseline req/s | with agent req/s | change | p99 baseline ms | p99 with agent ms | agent CPU µs/request | counted / completed |`,
   `|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, i) =>
-    `| ${i + 1} | ${r.baselineRps.toFixed(0)} | ${r.agentRps.toFixed(0)} | ${((r.agentRps / r.baselineRps - 1) * 100).toFixed(1)}% | ` +
-    `${r.baselineP99Ms.toFixed(2)} | ${r.agentP99Ms.toFixed(2)} | ${r.agentCpuUsPerRequest.toFixed(2)} | ${r.counted} / ${r.sent} |`
+    `| ${i + 1} | ${r.baselineRps.toFixed(0)} | ${r.agentRps.toFixed(0)} | ${
+      ((r.agentRps / r.baselineRps - 1) * 100).toFixed(1)
+    }% | ` +
+    `${r.baselineP99Ms.toFixed(2)} | ${r.agentP99Ms.toFixed(2)} | ${
+      r.agentCpuUsPerRequest.toFixed(2)
+    } | ${r.counted} / ${r.sent} |`
   ),
   ``,
-  `Median throughput loss: **${summary.throughputLossMedianPct.toFixed(1)}%** (target: at most 5%). ` +
+  `Median throughput loss: **${
+    summary.throughputLossMedianPct.toFixed(1)
+  }%** (target: at most 5%). ` +
   `Median added p99: **${summary.p99AddedMedianMs.toFixed(2)} ms**. ` +
   `Median agent CPU: **${summary.agentCpuUsPerRequestMedian.toFixed(2)} µs per request**.`,
   ``,
@@ -289,5 +323,8 @@ console.log(table);
 if (args.values.out) {
   await Deno.mkdir(dirname(args.values.out), { recursive: true });
   await Deno.writeTextFile(args.values.out, table);
-  await Deno.writeTextFile(args.values.out.replace(/\.md$/, ".json"), JSON.stringify({ command, rounds, summary }, null, 2));
+  await Deno.writeTextFile(
+    args.values.out.replace(/\.md$/, ".json"),
+    JSON.stringify({ command, rounds, summary }, null, 2),
+  );
 }
