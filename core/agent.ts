@@ -10,7 +10,7 @@ import { RedExporter, type TargetLabels } from "./exporter/exporter.ts";
 import { serveMetrics } from "./exporter/server.ts";
 import { BpfError, setLibbpfLogSink } from "./ffi/libbpf.ts";
 import type { Logger } from "./log.ts";
-import type { RedObservation, TargetProcess } from "./plugin.ts";
+import type { RedAggregate, RedObservation, TargetProcess } from "./plugin.ts";
 import { PluginHost } from "./plugin_host.ts";
 
 /** How long an exited process's labels are kept, for events still in flight (close flushes). */
@@ -107,13 +107,22 @@ export class Agent implements AsyncDisposable {
     });
     const sinks = {
       observe: (o: RedObservation) => this.#observe(o),
+      observeAggregate: (a: RedAggregate) => {
+        const labels = this.#labels.get(a.pid);
+        if (labels) this.exporter.observeAggregate(a, labels);
+        else this.exporter.dropped("agent", "unknown_process");
+      },
       dropped: (plugin: string, reason: string) => this.exporter.dropped(plugin, reason),
       attachFailed: (plugin: string, reason: string) => this.exporter.attachFailed(plugin, reason),
     };
     const failures: string[] = [];
     for (const { plugin, options: pluginOptions } of config.plugins.values()) {
       try {
-        const host = new PluginHost(plugin, pluginOptions, log, sinks);
+        const buckets = {
+          durationSeconds: config.metrics.duration_buckets,
+          sizeBytes: config.metrics.size_buckets,
+        };
+        const host = new PluginHost(plugin, pluginOptions, buckets, log, sinks);
         this.#hosts.push(host);
         this.exporter.addSource({
           id: plugin.id,

@@ -86,6 +86,7 @@ Deno.test("loadConfig() with no file gives the values config/default.yaml states
   assert.deepEqual(config.plugins.get("kprobe-http")?.options, {
     request_timeout: parseDurationMs(http.request_timeout),
     max_connections: http.max_connections,
+    aggregate_in_kernel: http.aggregate_in_kernel,
   });
   assert.equal(config.plugins.get("kprobe-http")?.plugin, BUILTIN_PLUGINS[0]);
 });
@@ -140,6 +141,7 @@ Deno.test("a user file overrides one plugin option and keeps the other", () => {
   assert.deepEqual(config.plugins.get("kprobe-http")?.options, {
     request_timeout: 5000,
     max_connections: 16384,
+    aggregate_in_kernel: true,
   });
 });
 
@@ -204,6 +206,7 @@ Deno.test("a plugin given as null is enabled with its default options", () => {
   assert.deepEqual(config.plugins.get("kprobe-http")?.options, {
     request_timeout: 30_000,
     max_connections: 16384,
+    aggregate_in_kernel: true,
   });
   assert.deepEqual(config.plugins.get("opt-proto")?.options, { depth: 3 });
 });

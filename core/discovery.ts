@@ -13,7 +13,6 @@ import {
   listeningSockets,
   parseEnviron,
   parseProcStat,
-  type ProcStat,
   serviceIdentity,
   socketInode,
 } from "../lib/proc.ts";
@@ -24,6 +23,22 @@ export interface ProcFs {
   readText(path: string): string | undefined;
   readDir(path: string): string[];
   readLink(path: string): string | undefined;
+  /**
+   * The start of a file, read until `enough(textSoFar)` says so (or the end). Optional: the
+   * whole file is read when a ProcFs does not provide it.
+   */
+  readHead?(path: string, enough: (text: string) => boolean): string | undefined;
+}
+
+/**
+ * /proc/net/tcp lists listening sockets first (the kernel walks its listening hash before the
+ * established one), and the established part can hold tens of thousands of TIME_WAIT sockets
+ * that cost milliseconds to format. Reading stops at the first socket that is not listening.
+ */
+function pastListeners(text: string): boolean {
+  const lines = text.split("\n");
+  // The last line may be incomplete; the header (line 0) has no state.
+  return lines.slice(1, -1).some((line) => line.trim().split(/\s+/)[3] !== "0A");
 }
 
 /** The real /proc. Errors (a process that vanished meanwhile) read as "absent". */
@@ -49,6 +64,25 @@ export const realProcFs: ProcFs = {
       return undefined;
     }
   },
+  readHead(path, enough) {
+    let file: Deno.FsFile | undefined;
+    try {
+      file = Deno.openSync(path);
+      const decoder = new TextDecoder();
+      const chunk = new Uint8Array(16384);
+      let text = "";
+      for (;;) {
+        const n = file.readSync(chunk);
+        if (n === null) return text;
+        text += decoder.decode(chunk.subarray(0, n), { stream: true });
+        if (enough(text)) return text;
+      }
+    } catch {
+      return undefined;
+    } finally {
+      file?.close();
+    }
+  },
 };
 
 export interface DiscoveryOptions {
@@ -69,9 +103,29 @@ export interface DiscoveryChange {
 
 interface Seen {
   startTime: number;
+  ppid: number;
+  /** Its network namespace (`net:[4026531840]`), whose socket tables say what listens. */
+  netns: string;
   /** Listening socket inodes the process holds (empty: not a target). */
   inodes: Set<number>;
+  /** When discovery first saw it (ms). */
+  firstSeen: number;
 }
+
+/**
+ * Every this many polls, every known process's start time is checked again, to notice a pid
+ * reused by a new process that is not a target (targets are checked at every poll).
+ */
+const FULL_CHECK_EVERY = 20;
+
+/**
+ * Reading a /proc/net/tcp table costs ~1.5 ms here however few sockets there are (the kernel
+ * walks every bucket of its hash tables). So the tables are read while processes are new (a
+ * server listens within moments of starting; a process counts as new for this long) ...
+ */
+const NEW_PROCESS_MS = 3_000;
+/** ... and otherwise this often, for an old process that starts listening late. */
+const TABLES_EVERY_MS = 5_000;
 
 export class Discovery {
   readonly #fs: ProcFs;
@@ -79,10 +133,15 @@ export class Discovery {
   readonly #targets = new Map<number, TargetProcess>();
   readonly #seen = new Map<number, Seen>();
   #listenKey = "";
+  #polls = 0;
+  #listening = new Map<number, number>();
+  #tablesReadAt = -Infinity;
+  readonly #now: () => number;
 
-  constructor(options: DiscoveryOptions, fs: ProcFs = realProcFs) {
+  constructor(options: DiscoveryOptions, fs: ProcFs = realProcFs, now: () => number = Date.now) {
     this.#options = options;
     this.#fs = fs;
+    this.#now = now;
   }
 
   /** The current targets by pid. */
@@ -90,49 +149,83 @@ export class Discovery {
     return this.#targets;
   }
 
-  /** One poll: what appeared and what went away since the last one. */
+  /**
+   * One poll: what appeared and what went away since the last one. A poll costs a listing of
+   * /proc, the socket tables of each network namespace, and the /proc files of processes that
+   * are new (or targets): known processes are not read again, which keeps an idle agent's
+   * polls cheap.
+   */
   poll(): DiscoveryChange {
     const fs = this.#fs;
-    const pids = fs.readDir("/proc").filter((n) => /^\d+$/.test(n)).map(Number);
-    const alive = new Map<number, ProcStat>();
-    for (const pid of pids) {
-      const stat = parseProcStat(fs.readText(`/proc/${pid}/stat`) ?? "");
-      if (stat) alive.set(pid, stat);
-    }
+    const now = this.#now();
+    const fullCheck = this.#polls++ % FULL_CHECK_EVERY === 0;
+    const listed = new Set(fs.readDir("/proc").filter((n) => /^\d+$/.test(n)).map(Number));
 
     const removed: TargetProcess[] = [];
+    const forget = (pid: number) => {
+      this.#seen.delete(pid);
+      const target = this.#targets.get(pid);
+      if (target) {
+        this.#targets.delete(pid);
+        removed.push(target);
+      }
+    };
     for (const [pid, seen] of this.#seen) {
-      if (alive.get(pid)?.startTime !== seen.startTime) {
-        this.#seen.delete(pid);
-        const target = this.#targets.get(pid);
-        if (target) {
-          this.#targets.delete(pid);
-          removed.push(target);
-        }
+      if (!listed.has(pid)) {
+        forget(pid);
+      } else if (fullCheck || this.#targets.has(pid)) {
+        const stat = parseProcStat(fs.readText(`/proc/${pid}/stat`) ?? "");
+        if (stat?.startTime !== seen.startTime) forget(pid);
       }
     }
 
-    const listening = this.#listeningSockets(alive);
+    const fresh = new Map<number, Seen>();
+    for (const pid of listed) {
+      if (this.#seen.has(pid)) continue;
+      const stat = parseProcStat(fs.readText(`/proc/${pid}/stat`) ?? "");
+      const netns = fs.readLink(`/proc/${pid}/ns/net`);
+      if (stat && netns) {
+        fresh.set(pid, {
+          startTime: stat.startTime,
+          ppid: stat.ppid,
+          netns,
+          inodes: new Set(),
+          firstSeen: now,
+        });
+      }
+    }
+
+    const youngest = Math.max(-Infinity, ...[...this.#seen.values()].map((s) => s.firstSeen));
+    if (
+      fresh.size > 0 || now - youngest < NEW_PROCESS_MS ||
+      now - this.#tablesReadAt >= TABLES_EVERY_MS
+    ) {
+      this.#listening = this.#listeningSockets(fresh);
+      this.#tablesReadAt = now;
+    }
+    const listening = this.#listening;
     const listenKey = [...listening.keys()].sort((a, b) => a - b).join(",");
     const rescanAll = listenKey !== this.#listenKey;
     this.#listenKey = listenKey;
 
-    const added: TargetProcess[] = [];
     const candidates: number[] = [];
-    for (const [pid, stat] of alive) {
-      if (pid === this.#options.selfPid) continue;
-      const seen = this.#seen.get(pid);
-      if (seen && !rescanAll) continue;
-      const inodes = new Set<number>();
+    const scan = (pid: number, seen: Seen) => {
+      if (pid === this.#options.selfPid) return;
+      seen.inodes = new Set();
       for (const fd of fs.readDir(`/proc/${pid}/fd`)) {
         const inode = socketInode(fs.readLink(`/proc/${pid}/fd/${fd}`) ?? "");
-        if (inode !== undefined && listening.has(inode)) inodes.add(inode);
+        if (inode !== undefined && listening.has(inode)) seen.inodes.add(inode);
       }
-      this.#seen.set(pid, { startTime: stat.startTime, inodes });
-      if (inodes.size > 0 && !this.#targets.has(pid)) candidates.push(pid);
+      if (seen.inodes.size > 0 && !this.#targets.has(pid)) candidates.push(pid);
+    };
+    for (const [pid, seen] of fresh) this.#seen.set(pid, seen);
+    for (const [pid, seen] of this.#seen) {
+      if (rescanAll || fresh.has(pid)) scan(pid, seen);
     }
+
+    const added: TargetProcess[] = [];
     for (const pid of candidates) {
-      const target = this.#describe(pid, alive, listening);
+      const target = this.#describe(pid, listening);
       if (!target) continue;
       if (this.#options.accept && !this.#options.accept(target)) continue;
       this.#targets.set(pid, target);
@@ -142,42 +235,35 @@ export class Discovery {
   }
 
   /** inode -> port of the listening TCP sockets of every network namespace in use. */
-  #listeningSockets(alive: Map<number, ProcStat>): Map<number, number> {
+  #listeningSockets(fresh: Map<number, Seen>): Map<number, number> {
     const out = new Map<number, number>();
     const namespaces = new Set<string>();
-    for (const pid of alive.keys()) {
-      const ns = this.#fs.readLink(`/proc/${pid}/ns/net`);
-      if (!ns || namespaces.has(ns)) continue;
-      namespaces.add(ns);
-      for (const file of ["tcp", "tcp6"]) {
-        for (
-          const [inode, port] of listeningSockets(
-            this.#fs.readText(`/proc/${pid}/net/${file}`) ?? "",
-          )
-        ) {
-          out.set(inode, port);
-        }
+    for (const [pid, seen] of [...this.#seen, ...fresh]) {
+      if (namespaces.has(seen.netns)) continue;
+      const tables = ["tcp", "tcp6"].map((file) => {
+        const path = `/proc/${pid}/net/${file}`;
+        return this.#fs.readHead ? this.#fs.readHead(path, pastListeners) : this.#fs.readText(path);
+      });
+      if (tables.every((t) => t === undefined)) continue; // exited meanwhile: try another pid
+      namespaces.add(seen.netns);
+      for (const table of tables) {
+        for (const [inode, port] of listeningSockets(table ?? "")) out.set(inode, port);
       }
     }
     return out;
   }
 
-  #describe(
-    pid: number,
-    alive: Map<number, ProcStat>,
-    listening: Map<number, number>,
-  ): TargetProcess | undefined {
-    const stat = alive.get(pid);
+  #describe(pid: number, listening: Map<number, number>): TargetProcess | undefined {
     const exe = this.#fs.readLink(`/proc/${pid}/exe`);
     const seen = this.#seen.get(pid);
-    if (!stat || !exe || !seen) return undefined;
+    if (!exe || !seen) return undefined;
     const env = parseEnviron(this.#fs.readText(`/proc/${pid}/environ`) ?? "");
     const { name, namespace } = serviceIdentity(env, exe, this.#options.defaultNamespace);
     // The instance is the top process sharing these listening sockets (nginx's master for
     // its workers), so worker restarts do not create new series.
     let top = pid;
     for (let depth = 0; depth < 32; depth++) {
-      const parent = alive.get(top)?.ppid;
+      const parent = this.#seen.get(top)?.ppid;
       const parentSeen = parent ? this.#seen.get(parent) : undefined;
       if (!parent || !parentSeen || ![...parentSeen.inodes].some((i) => seen.inodes.has(i))) break;
       top = parent;
@@ -187,7 +273,7 @@ export class Discovery {
     );
     return {
       pid,
-      startTime: stat.startTime,
+      startTime: seen.startTime,
       exe: exe.replace(/ \(deleted\)$/, ""),
       serviceName: name,
       serviceNamespace: namespace,

@@ -518,3 +518,23 @@ Deno.test("Discovery ignores a process that vanished while /proc was being read"
   const d = discovery(fs);
   assert.deepEqual(d.poll(), { added: [], removed: [] });
 });
+
+Deno.test("Discovery reads the socket tables only while processes are new, then every 5 s", () => {
+  const fs = nginx(baseHost(), [401, 402]);
+  let now = 0;
+  const d = new Discovery({ selfPid: 1, hostname: "host" }, fs, () => now);
+  const tableReads = () => fs.reads.filter((p) => p.endsWith("/net/tcp")).length;
+  d.poll();
+  assert.equal(tableReads(), 1);
+  now = 1_000; // the processes are still new: a server may be about to listen
+  d.poll();
+  assert.equal(tableReads(), 2);
+  now = 4_000; // nothing new for 3 s: the tables are not read
+  d.poll();
+  now = 5_500;
+  d.poll();
+  assert.equal(tableReads(), 2);
+  now = 6_000; // 5 s after the last read: read again, for late listeners
+  d.poll();
+  assert.equal(tableReads(), 3);
+});

@@ -88,10 +88,37 @@ export type RedObservation =
     grpcStatusCode: number;
   };
 
+/**
+ * A batch of HTTP observations sharing one label set, from histograms a plugin aggregates in
+ * the kernel: bucket counts per configured bucket (the last one is +Inf) and sums.
+ */
+export interface RedAggregate {
+  kind: "http_server" | "http_client";
+  pid: number;
+  method: string;
+  status: number;
+  route: string;
+  durationBuckets: ArrayLike<number>;
+  durationSumSeconds: number;
+  sizeBuckets: ArrayLike<number>;
+  sizeSumBytes: number;
+}
+
+/** Read access to one of the plugin's own maps (the core does the reading). */
+export type MapLookup = (map: string, key: Uint8Array<ArrayBuffer>) => Uint8Array | undefined;
+
+/** The histogram buckets the exporter uses, for plugins that aggregate in the kernel. */
+export interface MetricBuckets {
+  durationSeconds: readonly number[];
+  sizeBytes: readonly number[];
+}
+
 /** What a plugin is given when the agent starts it. */
 export interface PluginContext<Options> {
   /** The plugin's validated options (from `plugins.<id>` in the configuration). */
   options: Options;
+  /** The exporter's buckets. */
+  buckets: MetricBuckets;
 }
 
 /** The contract. `E` is the plugin's decoded event type, `O` its options type. */
@@ -119,6 +146,22 @@ export interface PluginDefinition<E = unknown, O = Record<string, unknown>> {
   decode: (bytes: Uint8Array) => E;
   /** Event -> observation, or undefined to ignore the event. */
   toObservation: (event: E) => RedObservation | undefined;
+  /**
+   * Histograms kept in the kernel (cheaper than a record per request). The core reads the
+   * per-CPU hash map `map` of cumulative u64 counters at each drain, sums the CPUs, and hands
+   * each key with what it gained since the last read to `decode`.
+   */
+  aggregates?: {
+    map: string;
+    decode: (
+      key: Uint8Array,
+      delta: Float64Array,
+      lookup: MapLookup,
+      ctx: PluginContext<O>,
+    ) => RedAggregate | undefined;
+    /** The pid a key belongs to: keys of processes that exited are read once more, then deleted. */
+    pidOf: (key: Uint8Array) => number;
+  };
 }
 
 /** Any plugin, whatever its event type: what the registry and the core handle. */
@@ -160,6 +203,11 @@ const pluginSchema = z.object({
   kernelCounters: z.array(z.string().regex(/^[a-z][a-z0-9_]*$/)).optional(),
   decode: z.function(),
   toObservation: z.function(),
+  aggregates: z.object({
+    map: z.string().min(1),
+    decode: z.function(),
+    pidOf: z.function(),
+  }).optional(),
 });
 
 /** A plugin definition that does not follow the contract. */

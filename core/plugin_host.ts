@@ -8,7 +8,14 @@
  *
  * @module
  */
-import type { AnyPlugin, AttachSpec, RedObservation, TargetProcess } from "./plugin.ts";
+import type {
+  AnyPlugin,
+  AttachSpec,
+  MetricBuckets,
+  RedAggregate,
+  RedObservation,
+  TargetProcess,
+} from "./plugin.ts";
 import { BpfObject } from "./bpf/object.ts";
 import { attachBySection, attachTracepoint, attachUprobe, type BpfLink } from "./bpf/link.ts";
 import { RingBufferReader } from "./bpf/ring_buffer.ts";
@@ -19,6 +26,7 @@ import type { Logger } from "./log.ts";
 /** What the host reports to the rest of the agent. */
 export interface PluginHostSinks {
   observe(observation: RedObservation): void;
+  observeAggregate(aggregate: RedAggregate): void;
   /** A record the agent could not use (decode error, unknown kind). */
   dropped(plugin: string, reason: string): void;
   /** An attach that failed; `reason` is an errno name or a short word. */
@@ -53,17 +61,27 @@ export class PluginHost implements AsyncDisposable {
   readonly #targets: BpfMap;
   readonly #stats: BpfMap;
   readonly #reader: RingBufferReader;
+  /** Cumulative counters of each aggregate key at the last read (by key hex). */
+  readonly #aggregatesSeen = new Map<string, Float64Array>();
+  readonly #ctx: { options: unknown; buckets: MetricBuckets };
   #closed = false;
 
   /**
    * Opens, configures, loads and attaches `plugin`. Throws (with every partial resource
    * released) when the plugin cannot run at all on this machine.
    */
-  constructor(plugin: AnyPlugin, options: unknown, log: Logger, sinks: PluginHostSinks) {
+  constructor(
+    plugin: AnyPlugin,
+    options: unknown,
+    buckets: MetricBuckets,
+    log: Logger,
+    sinks: PluginHostSinks,
+  ) {
     this.plugin = plugin;
     this.#log = log;
     this.#sinks = sinks;
-    const ctx = { options };
+    const ctx = { options, buckets };
+    this.#ctx = ctx;
     // open -> set constants and sizes -> load (verifier) -> attach -> read
     this.#object = BpfObject.open(plugin.bpfObject, plugin.id.replaceAll("-", "_"));
     try {
@@ -156,10 +174,12 @@ export class PluginHost implements AsyncDisposable {
     return true;
   }
 
-  /** Stops instrumenting `pid` (it exited): links closed, its bit cleared. */
+  /** Stops instrumenting `pid` (it exited): links closed, its bit cleared, its aggregates read
+   * a last time and deleted. */
   remove(pid: number): void {
     const links = this.#targetLinks.get(pid);
     if (!links) return;
+    if (!this.#closed) this.#readAggregates(pid);
     this.#targetLinks.delete(pid);
     this.stats.instrumented = this.#targetLinks.size;
     for (const link of links) {
@@ -172,9 +192,54 @@ export class PluginHost implements AsyncDisposable {
     if (!this.#closed) this.#setTargetBit(pid, false);
   }
 
-  /** Consumes what the kernel has written so far (before a scrape). */
+  /** Consumes what the kernel has recorded so far (before a scrape). */
   drain(): void {
-    if (!this.#closed) this.#reader.drain();
+    if (this.#closed) return;
+    this.#reader.drain();
+    this.#readAggregates();
+  }
+
+  /**
+   * Reads the plugin's in-kernel histograms and passes on what each key gained since the last
+   * read. With `forget`, the keys of that pid are deleted once read (the process exited).
+   */
+  #readAggregates(forget?: number): void {
+    const spec = this.plugin.aggregates;
+    if (!spec) return;
+    const map = this.#object.map(spec.map);
+    const slots = map.valueSize / 8;
+    const stride = Math.ceil(map.valueSize / 8);
+    const lookup = (name: string, key: Uint8Array<ArrayBuffer>) =>
+      this.#object.map(name).lookup(key);
+    const gone: Uint8Array<ArrayBuffer>[] = [];
+    for (const key of map.keys()) {
+      const value = map.lookup(key);
+      if (!value) continue;
+      const words = new BigUint64Array(value.buffer);
+      const total = new Float64Array(slots);
+      for (let cpu = 0; cpu * stride < words.length; cpu++) {
+        for (let i = 0; i < slots; i++) total[i] += Number(words[cpu * stride + i]);
+      }
+      const id = Array.from(key, (b) => b.toString(16).padStart(2, "0")).join("");
+      const before = this.#aggregatesSeen.get(id);
+      const delta = before ? total.map((v, i) => v - before[i]) : total;
+      this.#aggregatesSeen.set(id, total);
+      if (delta.some((v) => v !== 0)) {
+        let aggregate: RedAggregate | undefined;
+        try {
+          aggregate = spec.decode(key, delta, lookup, this.#ctx);
+        } catch (e) {
+          this.#log.debug(`${this.plugin.id}: cannot decode an aggregate: ${(e as Error).message}`);
+        }
+        if (aggregate) this.#sinks.observeAggregate(aggregate);
+        else this.#sinks.dropped(this.plugin.id, "aggregate_decode_error");
+      }
+      if (forget !== undefined && spec.pidOf(key) === forget) {
+        gone.push(key);
+        this.#aggregatesSeen.delete(id);
+      }
+    }
+    for (const key of gone) map.delete(key);
   }
 
   /** Detaches everything, drains the ring a last time and closes the object. */

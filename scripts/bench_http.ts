@@ -45,7 +45,9 @@ async function run(cmd: string, cmdArgs: string[]): Promise<string> {
   return text;
 }
 
-async function startNginx(): Promise<{ port: number; stop: () => Promise<void> }> {
+async function startNginx(): Promise<
+  { port: number; worker: () => number; stop: () => Promise<void> }
+> {
   const dir = await Deno.makeTempDir({ prefix: "redprobe-bench-nginx-" });
   const port = freePort();
   await Deno.mkdir(`${dir}/html`);
@@ -92,6 +94,11 @@ http {
   }
   return {
     port,
+    // The one worker (nginx's child): its CPU time per request includes the probes' time.
+    worker: () =>
+      Number(
+        Deno.readTextFileSync(`/proc/${child.pid}/task/${child.pid}/children`).trim().split(" ")[0],
+      ),
     stop: async () => {
       child.kill("SIGQUIT");
       await child.status;
@@ -143,10 +150,15 @@ async function startAgent(): Promise<Agent> {
   };
 }
 
-function cpuTicks(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return Number(f[11]) + Number(f[12]); // utime + stime (fields 14, 15)
+/** Nanoseconds `pid` (all its threads) has run on a CPU: /proc/<pid>/task/<tid>/schedstat. */
+function cpuNs(pid: number): number {
+  let ns = 0;
+  for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/schedstat`).split(" ")[0]);
+    } catch { /* thread exited */ }
+  }
+  return ns;
 }
 
 async function wrk(port: number): Promise<{ rps: number; requests: number }> {
@@ -199,9 +211,20 @@ async function countedRequests(agent: Agent, port: number): Promise<number> {
   return n;
 }
 
+function describe(r: Round): string {
+  return `${r.baselineRps.toFixed(0)} -> ${r.agentRps.toFixed(0)} req/s ` +
+    `(${((r.agentRps / r.baselineRps - 1) * 100).toFixed(1)}%), nginx CPU ` +
+    `${r.baselineNginxUs.toFixed(2)} -> ${r.agentNginxUs.toFixed(2)} µs/req, p99 ` +
+    `${r.baselineP99Ms.toFixed(2)} -> ${r.agentP99Ms.toFixed(2)} ms, agent ` +
+    `${r.agentCpuUsPerRequest.toFixed(2)} µs/req, counted ${r.counted} of ${r.sent}`;
+}
+
 interface Round {
   baselineRps: number;
   agentRps: number;
+  /** nginx worker CPU time per request, µs: includes the time the probes run in its syscalls. */
+  baselineNginxUs: number;
+  agentNginxUs: number;
   baselineP99Ms: number;
   agentP99Ms: number;
   agentCpuUsPerRequest: number;
@@ -216,20 +239,27 @@ try {
   for (let r = 0; r < ROUNDS; r++) {
     // Alternate which configuration goes first, so drift on the machine cancels out.
     const agentFirst = r % 2 === 1;
-    let baseline!: { rps: number };
+    let baseline!: { rps: number; requests: number };
     let withAgent!: { rps: number; requests: number };
     let cpu = 0;
     let counted = 0;
+    let baselineNginxNs = 0;
+    let agentNginxNs = 0;
+    const worker = nginx.worker();
     const measureBaseline = async () => {
+      const before = cpuNs(worker);
       baseline = await wrk(nginx.port);
+      baselineNginxNs = cpuNs(worker) - before;
     };
     const measureAgent = async () => {
       const agent = await startAgent();
       try {
-        const before = cpuTicks(agent.pid);
+        const before = cpuNs(agent.pid);
+        const nginxBefore = cpuNs(worker);
         const countedBefore = await countedRequests(agent, nginx.port);
         withAgent = await wrk(nginx.port);
-        cpu = (cpuTicks(agent.pid) - before) * (1e6 / 100); // ticks of 10 ms -> µs
+        agentNginxNs = cpuNs(worker) - nginxBefore;
+        cpu = (cpuNs(agent.pid) - before) / 1000;
         counted = (await countedRequests(agent, nginx.port)) - countedBefore;
       } finally {
         await agent.stop();
@@ -254,6 +284,8 @@ try {
     const round: Round = {
       baselineRps: baseline.rps,
       agentRps: withAgent.rps,
+      baselineNginxUs: baselineNginxNs / 1000 / baseline.requests,
+      agentNginxUs: agentNginxNs / 1000 / withAgent.requests,
       baselineP99Ms: baselineP99,
       agentP99Ms: agentP99,
       agentCpuUsPerRequest: cpu / withAgent.requests,
@@ -261,16 +293,7 @@ try {
       counted,
     };
     rounds.push(round);
-    console.error(
-      `round ${r + 1}: ${round.baselineRps.toFixed(0)} -> ${round.agentRps.toFixed(0)} req/s ` +
-        `(${((round.agentRps / round.baselineRps - 1) * 100).toFixed(1)}%), p99 ${
-          baselineP99.toFixed(2)
-        } -> ` +
-        `${agentP99.toFixed(2)} ms, agent ${
-          round.agentCpuUsPerRequest.toFixed(2)
-        } µs CPU/request, ` +
-        `counted ${counted} of ${round.sent} completed`,
-    );
+    console.error(`round ${r + 1}: ${describe(round)}`);
   }
 } finally {
   await nginx.stop();
@@ -283,40 +306,46 @@ const median = (xs: number[]) => {
 const ratios = rounds.map((r) => r.agentRps / r.baselineRps);
 const summary = {
   throughputLossMedianPct: (1 - median(ratios)) * 100,
+  nginxCpuAddedMedianPct: (median(rounds.map((r) => r.agentNginxUs / r.baselineNginxUs)) - 1) * 100,
+  nginxCpuAddedMedianUs: median(rounds.map((r) => r.agentNginxUs - r.baselineNginxUs)),
   throughputLossPerRoundPct: ratios.map((x) => +((1 - x) * 100).toFixed(2)),
   p99AddedMedianMs: median(rounds.map((r) => r.agentP99Ms - r.baselineP99Ms)),
   agentCpuUsPerRequestMedian: median(rounds.map((r) => r.agentCpuUsPerRequest)),
 };
 const command = `deno run -A scripts/bench_http.ts --rounds ${ROUNDS} --seconds ${SECONDS}`;
+const pct = (ratio: number) => `${((ratio - 1) * 100).toFixed(1)}%`;
 const table = [
   `# nginx with and without redprobe`,
   ``,
   `Command: \`${command}\`  `,
-  `Machine: ${Deno.hostname()}, ${navigator.hardwareConcurrency} CPUs, ${Deno.osRelease()}, ${
-    new Date().toISOString()
-  }  `,
+  `Machine: ${Deno.hostname()}, ${navigator.hardwareConcurrency} CPUs, ${Deno.osRelease()}, ` +
+  `${new Date().toISOString()}  `,
   `nginx: 1 worker pinned to CPU 0, keep-alive, sendfile on, access log on, 6-byte file. ` +
-  `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s pinned to CPU 1. p99: hey at half the round's baseline rate.`,
+  `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s pinned to CPU 1; the agent unpinned. ` +
+  `p99: hey at half the round's baseline rate. CPU: /proc/<pid>/task/*/schedstat.`,
   ``,
-  `| round | baseline req/s | with agent req/s | change | p99 baseline ms | p99 with agent ms | agent CPU µs/request | counted / completed |`,
-  `|---|---|---|---|---|---|---|---|`,
+  `| round | req/s without | req/s with | change | nginx CPU µs/req without | with | change | ` +
+  `p99 ms without | with | agent CPU µs/req | counted / completed |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, i) =>
-    `| ${i + 1} | ${r.baselineRps.toFixed(0)} | ${r.agentRps.toFixed(0)} | ${
-      ((r.agentRps / r.baselineRps - 1) * 100).toFixed(1)
-    }% | ` +
-    `${r.baselineP99Ms.toFixed(2)} | ${r.agentP99Ms.toFixed(2)} | ${
-      r.agentCpuUsPerRequest.toFixed(2)
-    } | ${r.counted} / ${r.sent} |`
+    `| ${i + 1} | ${r.baselineRps.toFixed(0)} | ${r.agentRps.toFixed(0)} | ` +
+    `${pct(r.agentRps / r.baselineRps)} | ${r.baselineNginxUs.toFixed(2)} | ` +
+    `${r.agentNginxUs.toFixed(2)} | ${pct(r.agentNginxUs / r.baselineNginxUs)} | ` +
+    `${r.baselineP99Ms.toFixed(2)} | ${r.agentP99Ms.toFixed(2)} | ` +
+    `${r.agentCpuUsPerRequest.toFixed(2)} | ${r.counted} / ${r.sent} |`
   ),
   ``,
-  `Median throughput loss: **${
-    summary.throughputLossMedianPct.toFixed(1)
-  }%** (target: at most 5%). ` +
-  `Median added p99: **${summary.p99AddedMedianMs.toFixed(2)} ms**. ` +
-  `Median agent CPU: **${summary.agentCpuUsPerRequestMedian.toFixed(2)} µs per request**.`,
+  `Medians over the rounds: throughput **${(-summary.throughputLossMedianPct).toFixed(1)}%** ` +
+  `(target: no worse than -5%); nginx CPU per request **+${
+    summary.nginxCpuAddedMedianUs.toFixed(2)
+  } µs ` +
+  `(${summary.nginxCpuAddedMedianPct.toFixed(1)}%)** (the probes run in its syscalls); ` +
+  `added p99 **${summary.p99AddedMedianMs.toFixed(2)} ms**; agent CPU ` +
+  `**${summary.agentCpuUsPerRequestMedian.toFixed(2)} µs per request**.`,
   ``,
-  `"counted" can exceed "completed" by up to ${CONNECTIONS}: wrk does not count the requests in flight ` +
-  `when it stops, whose responses nginx still wrote.`,
+  `"counted" (requests the agent exported) can exceed "completed" (wrk's count) by up to ` +
+  `${CONNECTIONS}: wrk does not count the requests in flight when it stops, whose responses ` +
+  `nginx still wrote.`,
   ``,
 ].join("\n");
 console.log(table);

@@ -13,8 +13,11 @@ const BTF_TYPE_SIZE = 12; // struct btf_type
 const BTF_VAR_SECINFO_SIZE = 12; // struct btf_var_secinfo
 const OPEN_OPTS_SIZE = 80; // sizeof(struct bpf_object_open_opts) in libbpf 1.1
 
-/** A load-time constant (`const volatile` variable in the object's `.rodata`). */
-export type ConstantValue = number | bigint | boolean;
+/**
+ * A load-time constant (`const volatile` variable in the object's `.rodata`): an integer, or
+ * for an array variable every element (as many as the C array has).
+ */
+export type ConstantValue = number | bigint | boolean | readonly (number | bigint)[];
 
 /** A program inside a {@linkcode BpfObject}. Valid until the object is closed. */
 export class BpfProgram {
@@ -175,7 +178,19 @@ export class BpfObject implements Disposable {
           })`,
         );
       }
-      writeInteger(data, slot.offset, slot.size, value, `${this.name}.${name}`);
+      if (isArrayConstant(value)) {
+        const size = slot.size / value.length;
+        if (!Number.isInteger(size) || ![1, 2, 4, 8].includes(size)) {
+          throw new RangeError(
+            `Constant ${this.name}.${name} is ${slot.size} bytes: ${value.length} elements do not fill it`,
+          );
+        }
+        value.forEach((v, i) =>
+          writeInteger(data, slot.offset + i * size, size, v, `${this.name}.${name}[${i}]`)
+        );
+      } else {
+        writeInteger(data, slot.offset, slot.size, value, `${this.name}.${name}`);
+      }
     }
   }
 
@@ -226,14 +241,21 @@ export class BpfObject implements Disposable {
   }
 }
 
+function isArrayConstant(v: ConstantValue): v is readonly (number | bigint)[] {
+  return Array.isArray(v);
+}
+
 /** Writes `value` as a little-endian integer of `size` bytes, refusing values that do not fit. */
 export function writeInteger(
   view: DataView,
   offset: number,
   size: number,
-  value: ConstantValue,
+  value: number | bigint | boolean,
   what: string,
 ): void {
+  if (typeof value === "number" && !Number.isInteger(value)) {
+    throw new RangeError(`Constant ${what} must be an integer, got ${value}`);
+  }
   const big = typeof value === "bigint"
     ? value
     : BigInt(typeof value === "boolean" ? Number(value) : value);

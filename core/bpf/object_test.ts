@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { ConstantValue } from "./object.ts";
+type ConstantValue = number | bigint | boolean;
 import { writeInteger } from "./object.ts";
 
 /** The bytes writeInteger leaves in a 12-byte buffer pre-filled with 0xaa, writing at 2. */

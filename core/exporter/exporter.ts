@@ -5,7 +5,7 @@
  * @module
  */
 import client from "prom-client";
-import type { RedObservation } from "../plugin.ts";
+import type { RedAggregate, RedObservation } from "../plugin.ts";
 import {
   DEFAULT_DURATION_BUCKETS,
   DEFAULT_SIZE_BUCKETS,
@@ -217,6 +217,18 @@ export class RedExporter {
     };
     byStatus.set(status, cell);
     return cell;
+  }
+
+  /** Records a batch of HTTP observations a plugin aggregated in the kernel. */
+  observeAggregate(a: RedAggregate, target: TargetLabels): void {
+    const cell = this.#httpCell(a.kind === "http_server", target, a.route, a.method, a.status);
+    if (!cell) return;
+    cell.duration.family.recordBuckets(
+      cell.duration.series,
+      a.durationBuckets,
+      a.durationSumSeconds,
+    );
+    cell.size.family.recordBuckets(cell.size.series, a.sizeBuckets, a.sizeSumBytes);
   }
 
   /** Forgets the cache entries of a target that went away (its series stay exported). */

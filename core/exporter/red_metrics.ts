@@ -153,6 +153,19 @@ export class HistogramFamily {
     return series;
   }
 
+  /**
+   * Adds observations already sorted into this family's buckets (non-cumulative counts, the
+   * last for +Inf; missing trailing counts are 0) with their sum.
+   */
+  recordBuckets(series: Series, counts: ArrayLike<number>, sum: number): void {
+    const n = Math.min(counts.length, series.buckets.length);
+    for (let i = 0; i < n; i++) {
+      series.buckets[i] += counts[i];
+      series.count += counts[i];
+    }
+    series.sum += sum;
+  }
+
   /** Adds `value` to a series of this family. */
   record(series: Series, value: number): void {
     const bounds = this.upperBounds;

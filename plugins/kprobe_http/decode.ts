@@ -66,6 +66,8 @@ export const HTTP_KERNEL_COUNTERS = [
   "requests_closed_unanswered",
   "paths_truncated",
   "connection_table_full",
+  "requests_aggregated",
+  "requests_not_aggregated",
 ] as const;
 
 /**
@@ -179,3 +181,48 @@ function latin1Bytes(text: string): Uint8Array {
   }
   return bytes;
 }
+
+/** HTTP_AGG_BUCKETS in kprobe_http.h: at most this many buckets (bounds + 1) in the kernel. */
+export const HTTP_AGG_BUCKETS = 16;
+/** sizeof(struct http_agg_key). */
+export const HTTP_AGG_KEY_SIZE = 16;
+
+/** struct http_agg_key (kprobe_http.h). */
+export interface HttpAggKey {
+  /** The path hash, as the 8 key bytes of the paths map. */
+  pathHash: Uint8Array<ArrayBuffer>;
+  tgid: number;
+  status: number;
+  method: string;
+  flags: number;
+}
+
+export function decodeHttpAggKey(key: Uint8Array): HttpAggKey {
+  if (key.length !== HTTP_AGG_KEY_SIZE) {
+    throw new RangeError(`http_agg_key must be ${HTTP_AGG_KEY_SIZE} bytes, got ${key.length}`);
+  }
+  return {
+    pathHash: key.slice(0, 8),
+    tgid: u32(key, 8),
+    status: key[12] | key[13] << 8,
+    method: HTTP_METHODS[key[14]] ?? "_OTHER",
+    flags: key[15],
+  };
+}
+
+/** The path in a struct http_path (value of the paths map). */
+export function decodeHttpPath(value: Uint8Array): string {
+  const len = Math.min(value[0], HTTP_PATH_MAX, value.length - 8);
+  return paths.get(value, 8, 8 + len);
+}
+
+/**
+ * Slots (u64 counters) of struct http_agg: duration sum (ns), size sum, then
+ * HTTP_AGG_BUCKETS duration buckets and HTTP_AGG_BUCKETS size buckets.
+ */
+export const HttpAggSlot = {
+  durationSumNs: 0,
+  sizeSum: 1,
+  durationBuckets: 2,
+  sizeBuckets: 2 + HTTP_AGG_BUCKETS,
+} as const;

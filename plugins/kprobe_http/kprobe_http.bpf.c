@@ -35,6 +35,21 @@ struct http_request_event *http_request_event_btf_anchor;
 /* A request with no response after this long is counted with status 0. */
 const volatile __u64 request_timeout_ns = 30ULL * 1000 * 1000 * 1000;
 
+/*
+ * Histogram bounds of the in-kernel aggregation, set from the agent's configuration (the
+ * defaults are design.md's); aggregate_in_kernel = 0 sends every request as a record.
+ */
+const volatile __u8 aggregate_in_kernel = 1;
+const volatile __u32 duration_bound_count = 15;
+const volatile __u64 duration_bounds_ns[HTTP_AGG_BUCKETS - 1] = {
+	0, 5000000, 10000000, 25000000, 50000000, 75000000, 100000000, 250000000, 500000000,
+	750000000, 1000000000, 2500000000, 5000000000, 7500000000, 10000000000,
+};
+const volatile __u32 size_bound_count = 10;
+const volatile __u64 size_bounds[HTTP_AGG_BUCKETS - 1] = {
+	0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
+};
+
 #define QUEUE_MASK (HTTP_QUEUE_LEN - 1)
 _Static_assert((HTTP_QUEUE_LEN & QUEUE_MASK) == 0, "HTTP_QUEUE_LEN must be a power of two");
 
@@ -113,6 +128,7 @@ struct h1_parser {
 struct http_request {
 	__u64 start_ns;
 	__u64 body_size;
+	__u64 path_hash; /* set when the head is complete */
 	__u8 method;
 	__u8 flags;
 	__u8 path_len;
@@ -216,6 +232,37 @@ struct scan {
 	__u8 result;   /* header scan: 0 scanning, 1 head complete, 2 give up */
 	__u8 _pad[7];
 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct http_agg_key);
+	__type(value, struct http_agg);
+} aggs SEC(".maps");
+
+/* Path bytes by hash, for the agent to name the aggs keys. Never deleted (see README). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct http_path);
+} paths SEC(".maps");
+
+/* Where remember_path() builds a paths value (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct http_path);
+} path_scratch SEC(".maps");
+
+/* A zeroed struct http_agg to insert new keys from (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct http_agg);
+} agg_template SEC(".maps");
 
 struct window {
 	__u8 bytes[WINDOW + 16]; /* slack: two 8-byte loads may start anywhere in the window */
@@ -351,67 +398,165 @@ static __always_inline __u32 peek_head(struct io_desc *io, __u32 total, __u64 *h
  * Completes request `seq` with `status` and emits its event. Returns false when another path
  * (timeout, close, response) completed it first: the compare-and-swap on head decides.
  */
+/* Index of the histogram bucket of v: the number of bounds below it. */
+static __always_inline __u32 bucket_of(__u64 v, const volatile __u64 *bounds, __u32 count)
+{
+	__u32 index = 0;
+#pragma unroll
+	for (int i = 0; i < HTTP_AGG_BUCKETS - 1; i++) {
+		if (i < count && v > bounds[i])
+			index = i + 1;
+	}
+	return index & (HTTP_AGG_BUCKETS - 1);
+}
+
+/* Makes sure the agent can name this request's path hash. False when the paths map is full. */
+static __always_inline bool remember_path(struct http_request *r)
+{
+	__u32 zero = 0;
+	struct http_path *scratch_path = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (!scratch_path)
+		return false;
+	scratch_path->len = r->path_len;
+	__builtin_memcpy(scratch_path->path, r->path, HTTP_PATH_MAX);
+	long err = bpf_map_update_elem(&paths, &r->path_hash, scratch_path, BPF_NOEXIST);
+	return err == 0 || err == -17 /* EEXIST */;
+}
+
+static __always_inline void add_to_histogram(struct http_agg *agg, __u64 duration, __u64 size)
+{
+	/* Atomic: a timer or a close in softirq may complete a request on this CPU meanwhile. */
+	__sync_fetch_and_add(&agg->duration_sum_ns, duration);
+	__sync_fetch_and_add(&agg->size_sum, size);
+	__sync_fetch_and_add(&agg->duration_buckets[bucket_of(duration, duration_bounds_ns,
+								duration_bound_count)], 1);
+	__sync_fetch_and_add(&agg->size_buckets[bucket_of(size, size_bounds, size_bound_count)], 1);
+}
+
+/*
+ * Completes request `seq` with `status`: adds it to its histogram, or emits its record when it
+ * cannot be aggregated. Returns false when another path (timeout, close, response) completed
+ * it first: the compare-and-swap on head decides. Everything read from the request's slot is
+ * read before that, while the slot cannot be reused.
+ */
 static __always_inline bool complete_request(struct http_conn *c, __u32 seq, __u16 status,
 					     __u64 end_ns, __u8 flags)
 {
 	struct http_request *r = &c->q[seq & QUEUE_MASK];
-	struct http_request_event *ev = redprobe_reserve(sizeof(*ev));
-	if (ev) {
-		ev->start_ns = r->start_ns;
-		ev->end_ns = end_ns;
-		ev->body_size = r->body_size;
-		ev->conn_id = c->cookie;
-		ev->tgid = c->tgid;
-		ev->status = status;
-		ev->method = r->method;
-		ev->flags = r->flags | flags;
-		ev->path_len = r->path_len;
-		ev->kind = HTTP_EVENT_SERVER_REQUEST;
-		__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
-		__builtin_memcpy(ev->path, r->path, HTTP_PATH_MAX);
+	__u64 duration = end_ns - r->start_ns;
+	__u64 size = r->body_size;
+	struct http_agg_key key = {
+		.path_hash = r->path_hash,
+		.tgid = c->tgid,
+		.status = status,
+		.method = r->method,
+		.flags = r->flags & HTTP_FLAG_PATH_TRUNCATED,
+	};
+	struct http_agg *agg = NULL;
+	bool can_aggregate = aggregate_in_kernel;
+	if (can_aggregate) {
+		agg = bpf_map_lookup_elem(&aggs, &key);
+		if (!agg)
+			can_aggregate = remember_path(r);
+	}
+	struct http_request_event *ev = NULL;
+	if (!agg) {
+		/* A new key (or no aggregation): prepare the record while the slot is ours. */
+		ev = redprobe_reserve(sizeof(*ev));
+		if (ev) {
+			ev->start_ns = r->start_ns;
+			ev->end_ns = end_ns;
+			ev->body_size = size;
+			ev->conn_id = c->cookie;
+			ev->tgid = c->tgid;
+			ev->status = status;
+			ev->method = r->method;
+			ev->flags = r->flags | flags;
+			ev->path_len = r->path_len;
+			ev->kind = HTTP_EVENT_SERVER_REQUEST;
+			__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
+			__builtin_memcpy(ev->path, r->path, HTTP_PATH_MAX);
+		}
 	}
 	if (__sync_val_compare_and_swap(&c->head, seq, seq + 1) != seq) {
 		if (ev)
 			bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
 		return false;
 	}
+	if (!agg && can_aggregate) {
+		__u32 zero = 0;
+		struct http_agg *empty = bpf_map_lookup_elem(&agg_template, &zero);
+		if (empty) {
+			bpf_map_update_elem(&aggs, &key, empty, BPF_NOEXIST); /* EEXIST: another CPU won */
+			agg = bpf_map_lookup_elem(&aggs, &key);
+		}
+	}
+	if (agg) {
+		add_to_histogram(agg, duration, size);
+		redprobe_count(HTTP_STAT_AGGREGATED);
+		if (ev)
+			bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
+		return true;
+	}
+	if (aggregate_in_kernel)
+		redprobe_count(HTTP_STAT_NOT_AGGREGATED);
 	if (ev)
 		redprobe_submit(ev);
 	return true;
 }
 
 /* Completes every waiting request with status 0 (connection closing). */
+/* One pass of expire_step()/flush_pending(): bpf_loop callbacks, so the verifier checks
+ * complete_request() once rather than once per unrolled iteration. */
+struct completion_ctx {
+	struct http_conn *c;
+	__u64 now;
+	__u64 next;     /* expire: ns until the oldest request still waiting times out */
+	__u32 stat;
+	__u8 flags;
+	__u8 expire;    /* 1: only requests older than the timeout */
+	__u8 _pad[2];
+};
+
+static long completion_step(__u32 i, struct completion_ctx *x)
+{
+	struct http_conn *c = x->c;
+	__u32 head = c->head;
+	if (head == c->tail)
+		return 1;
+	if (x->expire) {
+		__u64 start = c->q[head & QUEUE_MASK].start_ns;
+		if (x->now - start < request_timeout_ns) {
+			x->next = start + request_timeout_ns - x->now;
+			return 1;
+		}
+	}
+	if (complete_request(c, head, 0, x->now, x->flags))
+		redprobe_count(x->stat);
+	return 0;
+}
+
+/* Completes every waiting request with status 0 (connection closing). */
 static __always_inline void flush_pending(struct http_conn *c, __u64 now, __u8 flags, __u32 stat)
 {
-	for (int i = 0; i < HTTP_QUEUE_LEN; i++) {
-		__u32 head = c->head;
-		if (head == c->tail)
-			break;
-		if (complete_request(c, head, 0, now, flags))
-			redprobe_count(stat);
-	}
+	struct completion_ctx x = { .c = c, .now = now, .flags = flags, .stat = stat };
+	bpf_loop(HTTP_QUEUE_LEN, completion_step, &x, 0);
 }
 
 static int on_conn_timer(void *map, __u64 *key, struct http_conn *c)
 {
-	__u64 now = bpf_ktime_get_ns();
-	__u64 next = 0;
-	for (int i = 0; i < HTTP_QUEUE_LEN; i++) {
-		__u32 head = c->head;
-		if (head == c->tail)
-			break;
-		__u64 start = c->q[head & QUEUE_MASK].start_ns;
-		if (now - start < request_timeout_ns) {
-			next = start + request_timeout_ns - now;
-			break;
-		}
-		if (complete_request(c, head, 0, now, HTTP_FLAG_TIMEOUT))
-			redprobe_count(HTTP_STAT_TIMEOUTS);
-	}
+	struct completion_ctx x = {
+		.c = c,
+		.now = bpf_ktime_get_ns(),
+		.flags = HTTP_FLAG_TIMEOUT,
+		.stat = HTTP_STAT_TIMEOUTS,
+		.expire = 1,
+	};
+	bpf_loop(HTTP_QUEUE_LEN, completion_step, &x, 0);
 	/* Disarm first, then look again: a request queued meanwhile re-arms (see arm_timer). */
 	__sync_lock_test_and_set(&c->timer_armed, 0);
 	if (c->head != c->tail && __sync_val_compare_and_swap(&c->timer_armed, 0, 1) == 0)
-		bpf_timer_start(&c->timer, next > 1000000 ? next : 1000000, 0);
+		bpf_timer_start(&c->timer, x.next > 1000000 ? x.next : 1000000, 0);
 	return 0;
 }
 
@@ -440,6 +585,29 @@ static __always_inline void begin_request(struct parse_ctx *x)
 		c->resp.state = ST_IDLE;
 }
 
+/*
+ * A 64-bit hash of the path bytes, 8 at a time (multiply-xorshift per word, the length mixed
+ * in): the key the agent resolves through the paths map. Collisions would merge two paths;
+ * at 64 bits that takes billions of distinct paths.
+ */
+static __always_inline __u64 path_hash(struct http_request *r)
+{
+	__u32 len = r->path_len;
+	__u64 h = 0xcbf29ce484222325ULL ^ len;
+	/* Every word, zeroed past the end: no early exit, one state for the verifier after. */
+	for (int i = 0; i < HTTP_PATH_MAX / 8; i++) {
+		__u64 w = *(__u64 *)(r->path + i * 8);
+		__s32 left = (__s32)len - i * 8;
+		if (left <= 0)
+			w = 0;
+		else if (left < 8)
+			w &= (1ULL << (left * 8)) - 1;
+		h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+		h ^= h >> 32;
+	}
+	return h;
+}
+
 /* The request head is complete: publish the request to the response side. */
 static __always_inline void publish_request(struct parse_ctx *x, struct h1_parser *p)
 {
@@ -448,6 +616,7 @@ static __always_inline void publish_request(struct parse_ctx *x, struct h1_parse
 	struct http_request *r = &c->q[seq & QUEUE_MASK];
 	r->method = method_of(p->token);
 	r->body_size = (p->hflags & HF_HAS_CL) ? p->number : 0;
+	r->path_hash = path_hash(r);
 	c->body_seq = seq;
 	asm volatile("" ::: "memory"); /* the slot is written before it becomes visible */
 	c->tail = seq + 1;

@@ -49,7 +49,40 @@ enum http_stat {
 	HTTP_STAT_CLOSED_PENDING = 10,   /* requests completed with status 0 by a close */
 	HTTP_STAT_PATH_TRUNCATED = 11,   /* request paths longer than HTTP_PATH_MAX */
 	HTTP_STAT_CONN_TABLE_FULL = 12,  /* new connections not tracked: table insert failed */
-	HTTP_STAT_MAX = 13,
+	HTTP_STAT_AGGREGATED = 13,       /* requests added to an in-kernel histogram */
+	HTTP_STAT_NOT_AGGREGATED = 14,   /* requests sent as records because the maps were full */
+	HTTP_STAT_MAX = 15,
+};
+
+/*
+ * In-kernel aggregation (the default): each completed request adds to a per-CPU histogram
+ * keyed by process, method, status and path; the agent reads the cumulative values at each
+ * scrape. A ring-buffer record (struct http_request_event) is written only when a request
+ * cannot be aggregated (a new key and the maps are full), so nothing is lost either way.
+ */
+#define HTTP_AGG_BUCKETS 16 /* up to 15 configured bucket bounds, and +Inf */
+
+struct http_agg_key {
+	__u64 path_hash; /* see path_hash() in kprobe_http.bpf.c; resolved through the paths map */
+	__u32 tgid;
+	__u16 status;
+	__u8 method;
+	__u8 flags;      /* HTTP_FLAG_PATH_TRUNCATED only */
+};
+
+/* Per-CPU value of the aggs map: bucket i counts values <= bound i (the last: +Inf). */
+struct http_agg {
+	__u64 duration_sum_ns;
+	__u64 size_sum;
+	__u64 duration_buckets[HTTP_AGG_BUCKETS];
+	__u64 size_buckets[HTTP_AGG_BUCKETS];
+};
+
+/* Value of the paths map (key: the path hash). */
+struct http_path {
+	__u8 len;
+	__u8 _pad[7];
+	char path[HTTP_PATH_MAX];
 };
 
 /* One completed (or abandoned) request. 144 bytes. */

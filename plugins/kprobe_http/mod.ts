@@ -15,12 +15,17 @@ import { parseDurationMs } from "../../lib/duration.ts";
 import { RouteCache } from "../../lib/route.ts";
 import bpfObject from "./kprobe_http.bpf.o" with { type: "bytes" };
 import {
+  decodeHttpAggKey,
+  decodeHttpPath,
   decodeHttpRequestEvent,
+  HTTP_AGG_BUCKETS,
   HTTP_KERNEL_COUNTERS,
+  HttpAggSlot,
   HttpEventFlag,
   HttpEventKind,
   type HttpRequestEvent,
 } from "./decode.ts";
+import type { MetricBuckets } from "../../core/plugin.ts";
 
 const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
   const ms = parseDurationMs(v);
@@ -39,20 +44,50 @@ export const kprobeHttpOptions = z.strictObject({
   request_timeout: duration.default(30_000),
   /** Connections tracked at once (least recently used are forgotten beyond this). */
   max_connections: z.number().int().min(64).max(1 << 22).default(16384),
+  /**
+   * Histograms kept in the kernel and read at each scrape (cheap), rather than one
+   * ring-buffer record per request read by the agent. Both count exactly.
+   */
+  aggregate_in_kernel: z.boolean().default(true),
 });
 
 export type KprobeHttpOptions = z.infer<typeof kprobeHttpOptions>;
 
 const routes = new RouteCache();
 
+/** The kernel aggregates only when the configured buckets fit its fixed-size histograms. */
+function aggregatesInKernel(buckets: MetricBuckets): boolean {
+  return buckets.durationSeconds.length < HTTP_AGG_BUCKETS &&
+    buckets.sizeBytes.length < HTTP_AGG_BUCKETS;
+}
+
+/** A bucket-bound constant array, padded to the kernel's fixed length. */
+function bounds(values: readonly number[], scale: number): bigint[] {
+  const out = Array.from({ length: HTTP_AGG_BUCKETS - 1 }, () => 0n);
+  values.forEach((v, i) => {
+    if (i < out.length) out[i] = BigInt(Math.floor(v * scale));
+  });
+  return out;
+}
+
 export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
   id: "kprobe-http",
   description: "HTTP/1.x servers in any language, from socket tracepoints",
   bpfObject,
   optionsSchema: kprobeHttpOptions,
-  constants: ({ options }) => ({
-    request_timeout_ns: BigInt(Math.round(options.request_timeout * 1e6)),
-  }),
+  constants: ({ options, buckets }) => {
+    const inKernel = options.aggregate_in_kernel && aggregatesInKernel(buckets);
+    return {
+      request_timeout_ns: BigInt(Math.round(options.request_timeout * 1e6)),
+      aggregate_in_kernel: inKernel,
+      // Durations are whole nanoseconds, sizes whole bytes: value <= bound exactly when
+      // value <= floor(bound), so the kernel's buckets are the exporter's.
+      duration_bound_count: inKernel ? buckets.durationSeconds.length : 0,
+      duration_bounds_ns: bounds(buckets.durationSeconds, 1e9),
+      size_bound_count: inKernel ? buckets.sizeBytes.length : 0,
+      size_bounds: bounds(buckets.sizeBytes, 1),
+    };
+  },
   maxEntries: ({ options }) => ({ conns: options.max_connections }),
   attachOnce: [
     { kind: "auto", program: "on_sock_recv" },
@@ -60,6 +95,29 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
     { kind: "auto", program: "on_sock_state" },
   ],
   kernelCounters: HTTP_KERNEL_COUNTERS,
+  aggregates: {
+    map: "aggs",
+    pidOf: (key) => decodeHttpAggKey(key).tgid,
+    decode(keyBytes, delta, lookup, { buckets }) {
+      const key = decodeHttpAggKey(keyBytes);
+      const path = lookup("paths", key.pathHash);
+      if (!path) return undefined;
+      const durations = HttpAggSlot.durationBuckets;
+      const sizes = HttpAggSlot.sizeBuckets;
+      return {
+        kind: "http_server",
+        pid: key.tgid,
+        method: key.method,
+        status: key.status,
+        route: routes.route(decodeHttpPath(path), (key.flags & HttpEventFlag.pathTruncated) !== 0),
+        // each: one count per configured bound, then +Inf
+        durationBuckets: delta.subarray(durations, durations + buckets.durationSeconds.length + 1),
+        durationSumSeconds: delta[HttpAggSlot.durationSumNs] / 1e9,
+        sizeBuckets: delta.subarray(sizes, sizes + buckets.sizeBytes.length + 1),
+        sizeSumBytes: delta[HttpAggSlot.sizeSum],
+      };
+    },
+  },
   decode: decodeHttpRequestEvent,
   toObservation(e) {
     if (e.kind !== HttpEventKind.serverRequest) return undefined;

@@ -128,6 +128,7 @@ Deno.test("kprobe-http options default to 30s and 16384 connections and reject u
   assert.deepEqual(kprobeHttpOptions.parse({}), {
     request_timeout: 30_000,
     max_connections: 16384,
+    aggregate_in_kernel: true,
   });
   assert.deepEqual(kprobeHttpOptions.parse({ request_timeout: "250ms" }).request_timeout, 250);
   assert.equal(kprobeHttpOptions.safeParse({ request_timeout: "soon" }).success, false);
@@ -136,8 +137,93 @@ Deno.test("kprobe-http options default to 30s and 16384 connections and reject u
   assert.equal(kprobeHttpOptions.safeParse({ retries: 1 }).success, false);
 });
 
+const BUCKETS = {
+  durationSeconds: [0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10],
+  sizeBytes: [0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+};
+
 Deno.test("kprobe-http sets request_timeout_ns and the connection table size from its options", () => {
   const options = kprobeHttpOptions.parse({ request_timeout: "1.5s", max_connections: 1024 });
-  assert.deepEqual(plugin.constants?.({ options }), { request_timeout_ns: 1_500_000_000n });
-  assert.deepEqual(plugin.maxEntries?.({ options }), { conns: 1024 });
+  const constants = plugin.constants?.({ options, buckets: BUCKETS });
+  assert.equal(constants?.request_timeout_ns, 1_500_000_000n);
+  assert.deepEqual(plugin.maxEntries?.({ options, buckets: BUCKETS }), { conns: 1024 });
+});
+
+Deno.test("kprobe-http gives the kernel the exporter's buckets, in ns and bytes, padded to 15", () => {
+  const options = kprobeHttpOptions.parse({});
+  const c = plugin.constants!({ options, buckets: BUCKETS });
+  assert.equal(c.aggregate_in_kernel, true);
+  assert.equal(c.duration_bound_count, 15);
+  assert.deepEqual((c.duration_bounds_ns as bigint[]).slice(0, 3), [0n, 5_000_000n, 10_000_000n]);
+  assert.equal((c.duration_bounds_ns as bigint[])[14], 10_000_000_000n);
+  assert.equal(c.size_bound_count, 10);
+  assert.deepEqual(c.size_bounds, [
+    0n,
+    32n,
+    64n,
+    128n,
+    256n,
+    512n,
+    1024n,
+    2048n,
+    4096n,
+    8192n,
+    0n,
+    0n,
+    0n,
+    0n,
+    0n,
+  ]);
+});
+
+Deno.test("kprobe-http sends records instead of aggregating when the buckets do not fit the kernel's", () => {
+  const options = kprobeHttpOptions.parse({});
+  const many = { ...BUCKETS, durationSeconds: Array.from({ length: 16 }, (_, i) => i) };
+  assert.equal(plugin.constants!({ options, buckets: many }).aggregate_in_kernel, false);
+});
+
+Deno.test("kprobe-http turns an in-kernel histogram delta into an aggregate with its route", () => {
+  const key = new Uint8Array(16);
+  key.set([1, 2, 3, 4, 5, 6, 7, 8], 0); // path hash
+  new DataView(key.buffer).setUint32(8, 4242, true);
+  new DataView(key.buffer).setUint16(12, 404, true);
+  key[14] = 3; // POST
+  const path = new Uint8Array(104);
+  const text = "/users/17?debug=1";
+  path[0] = text.length;
+  path.set([...text].map((c) => c.charCodeAt(0)), 8);
+  const delta = new Float64Array(34);
+  delta[0] = 3_000_000; // 3 ms in all
+  delta[1] = 900; // body bytes
+  delta[2 + 1] = 3; // three in the 5 ms bucket
+  delta[18 + 5] = 3; // three in the 512-byte bucket
+  const lookups: string[] = [];
+  const aggregate = plugin.aggregates!.decode(key, delta, (map, k) => {
+    lookups.push(`${map}:${[...k].join(",")}`);
+    return path;
+  }, { options: kprobeHttpOptions.parse({}), buckets: BUCKETS });
+  assert.deepEqual(lookups, ["paths:1,2,3,4,5,6,7,8"]);
+  assert.ok(aggregate);
+  assert.equal(aggregate.pid, 4242);
+  assert.equal(aggregate.method, "POST");
+  assert.equal(aggregate.status, 404);
+  assert.equal(aggregate.route, "/users/{id}");
+  assert.equal(aggregate.durationSumSeconds, 0.003);
+  assert.equal(aggregate.sizeSumBytes, 900);
+  assert.deepEqual(Array.from(aggregate.durationBuckets), [0, 3, ...Array(14).fill(0)]);
+  assert.deepEqual(Array.from(aggregate.sizeBuckets), [0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0]);
+  assert.equal(plugin.aggregates!.pidOf(key), 4242);
+});
+
+Deno.test("kprobe-http drops an aggregate whose path it cannot name", () => {
+  const aggregate = plugin.aggregates!.decode(
+    new Uint8Array(16),
+    new Float64Array(34),
+    () => undefined,
+    {
+      options: kprobeHttpOptions.parse({}),
+      buckets: BUCKETS,
+    },
+  );
+  assert.equal(aggregate, undefined);
 });
