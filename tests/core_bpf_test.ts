@@ -15,8 +15,9 @@ const LIBC = "/lib/x86_64-linux-gnu/libc.so.6";
 const CALLS = 100;
 
 /**
- * A python process that waits for a line on stdin, then makes CALLS calls of `call` (python
- * never makes the getpriority syscall on its own, so the count is exact), and exits.
+ * A python process that waits for a line on stdin, then makes CALLS calls of `call`, and
+ * exits. Python never calls getpriority on its own (it does call getppid now and then), so
+ * counts of the libc function and of the syscall are exact.
  */
 function spawnCaller(
   call = "os.getpriority(os.PRIO_PROCESS, 0)",
@@ -102,13 +103,13 @@ Deno.test({
   async fn() {
     assertBpfAvailable();
     for (const how of ["symbol", "offset"] as const) {
-      const caller = spawnCaller("os.getppid()");
+      const caller = spawnCaller();
       using obj = BpfObject.open(OBJECT, "core_probe");
       obj.setConstants({ target_tgid: caller.pid });
       obj.load();
       const where = how === "symbol"
-        ? { symbol: "getppid" }
-        : { offset: await fileOffsetOf(LIBC, "getppid") };
+        ? { symbol: "getpriority" }
+        : { offset: await fileOffsetOf(LIBC, "getpriority") };
       const link = attachUprobe(obj.program("on_uprobe"), {
         binaryPath: LIBC,
         pid: caller.pid,

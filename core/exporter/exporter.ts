@@ -43,6 +43,9 @@ export interface PluginStatsSource {
 
 const SEP = "\u0001";
 
+/** Why the agent drops a plugin's record (redprobe_events_dropped_total{reason}). */
+export const PLUGIN_DROP_REASONS = ["decode_error", "aggregate_decode_error", "ignored"] as const;
+
 interface HttpCell {
   duration: { family: HistogramFamily; series: Series };
   size: { family: HistogramFamily; series: Series };
@@ -127,6 +130,7 @@ export class RedExporter {
       labelNames: ["plugin", "reason"],
       registers: [this.registry],
     });
+    this.#dropped.inc({ plugin: "agent", reason: "unknown_process" }, 0);
     this.#attachFailures = new client.Counter({
       name: "redprobe_attach_failures_total",
       help: "Failed attempts to instrument a process, by plugin and reason (errno name)",
@@ -250,6 +254,8 @@ export class RedExporter {
   /** Adds a plugin whose counters are exported. */
   addSource(source: PluginStatsSource): void {
     this.#sources.push(source);
+    // Counters exist from the start, at 0, so a rate() over them works before the first drop.
+    for (const reason of PLUGIN_DROP_REASONS) this.#dropped.inc({ plugin: source.id, reason }, 0);
   }
 
   setDiscoveredProcesses(n: number): void {
