@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { hasTool } from "../tests/support/tools.ts";
 import {
   type Btf,
   BtfError,
@@ -373,18 +374,9 @@ Deno.test("btfOfElf() finds .BTF in an ELF file and complains when there is none
 
 // --- Against real compilers and tools ----------------------------------------------------------
 
-function toolExists(name: string): boolean {
-  try {
-    return new Deno.Command(name, { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 Deno.test({
   name: "parseBtf() agrees with `bpftool btf dump` on every type of the committed object",
-  ignore: !toolExists("bpftool"),
+  ignore: !hasTool("bpftool"),
   async fn() {
     const out = await new Deno.Command("bpftool", {
       args: ["-j", "btf", "dump", "file", OBJECT.pathname, "format", "raw"],
@@ -435,7 +427,7 @@ Deno.test({
 
 Deno.test({
   name: "structLayout() matches what clang laid out for a C struct (padding, bitfields, unions)",
-  ignore: !toolExists("clang"),
+  ignore: !hasTool("clang"),
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "redprobe-btf-test-" });
     try {

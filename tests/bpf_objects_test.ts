@@ -6,19 +6,11 @@
 import assert from "node:assert/strict";
 import { findBpfSources, objectPathOf, staleObjects } from "../scripts/build_bpf.ts";
 import { inCi } from "./support/privileges.ts";
-
-function hasClang(): boolean {
-  try {
-    return new Deno.Command("clang", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
+import { hasTool } from "./support/tools.ts";
 
 Deno.test({
   name: "every committed .bpf.o matches a fresh build of its .bpf.c",
-  ignore: !hasClang() && !inCi(),
+  ignore: !hasTool("clang") && !inCi(),
   async fn() {
     const sources = await findBpfSources();
     assert.ok(sources.length >= 2, `found ${sources.join(", ")}`);

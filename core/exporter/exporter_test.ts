@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import type { RedObservation } from "../plugin.ts";
+import { hasTool, promtoolCheck } from "../../tests/support/tools.ts";
 import { type PluginStatsSource, RedExporter, type TargetLabels } from "./exporter.ts";
 
 const TARGET: TargetLabels = { serviceName: "shop", serviceNamespace: "prod", instance: "h1:400" };
@@ -366,30 +367,6 @@ Deno.test("RedExporter keeps UTF-8 and latin1 label values intact", async () => 
 
 // --- promtool --------------------------------------------------------------------------------
 
-function promtoolExists(): boolean {
-  try {
-    return new Deno.Command("promtool", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
-async function promtoolCheck(text: string): Promise<{ success: boolean; output: string }> {
-  const child = new Deno.Command("promtool", {
-    args: ["check", "metrics"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(text));
-  await writer.close();
-  const out = await child.output();
-  const decoder = new TextDecoder();
-  return { success: out.success, output: decoder.decode(out.stdout) + decoder.decode(out.stderr) };
-}
-
 /** An exporter with every family and every internal metric holding data. */
 function busyExporter(naming: "beyla" | "otel"): RedExporter {
   const e = new RedExporter({ naming, maxSeriesPerMetric: 3 });
@@ -415,7 +392,7 @@ function busyExporter(naming: "beyla" | "otel"): RedExporter {
 for (const naming of ["beyla", "otel"] as const) {
   Deno.test({
     name: `the full exposition with ${naming} naming passes \`promtool check metrics\``,
-    ignore: !promtoolExists(),
+    ignore: !hasTool("promtool"),
     async fn() {
       const text = await busyExporter(naming).metrics();
       const { success, output } = await promtoolCheck(text);
@@ -427,7 +404,7 @@ for (const naming of ["beyla", "otel"] as const) {
 
 Deno.test({
   name: "the exposition of a fresh exporter passes `promtool check metrics`",
-  ignore: !promtoolExists(),
+  ignore: !hasTool("promtool"),
   async fn() {
     const { success, output } = await promtoolCheck(await new RedExporter().metrics());
     assert.ok(success, `promtool failed:\n${output}`);

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { type Btf, btfOfElf, findType, structLayout, typeSize } from "../../lib/btf.ts";
+import { hasTool } from "../../tests/support/tools.ts";
 import {
   decodeHttpRequestEvent,
   encodeHttpRequestEvent,
@@ -327,19 +328,10 @@ function assertDecoderMatchesBtf(btf: Btf): void {
   }
 }
 
-function clangExists(): boolean {
-  try {
-    return new Deno.Command("clang", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 Deno.test({
   name:
     "decodeHttpRequestEvent() offsets match struct http_request_event as clang lays out kprobe_http.h",
-  ignore: !clangExists(),
+  ignore: !hasTool("clang"),
   async fn() {
     // Compiled the way scripts/build_bpf.ts compiles the plugin, with one variable of the
     // struct so its layout lands in the object's BTF.

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { type AgentHandle, startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { findSamples, sumSamples } from "../support/prom_text.ts";
+import { promtoolCheck } from "../support/tools.ts";
 import {
   type RequestSpec,
   sendRequests,
@@ -206,19 +207,8 @@ Deno.test({
     });
 
     await t.step("promtool accepts the exposition", async () => {
-      const text = await agent.metricsText();
-      const promtool = new Deno.Command("promtool", {
-        args: ["check", "metrics"],
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const writer = promtool.stdin.getWriter();
-      await writer.write(new TextEncoder().encode(text));
-      await writer.close();
-      const out = await promtool.output();
-      const report = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-      assert.ok(out.success, `promtool check metrics failed:\n${report}`);
+      const { success, output } = await promtoolCheck(await agent.metricsText());
+      assert.ok(success, `promtool check metrics failed:\n${output}`);
     });
 
     await t.step("nothing was lost or dropped", async () => {
