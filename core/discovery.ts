@@ -10,6 +10,7 @@
  * @module
  */
 import {
+  exePath,
   listeningSockets,
   parseEnviron,
   parseProcStat,
@@ -274,7 +275,7 @@ export class Discovery {
     return {
       pid,
       startTime: seen.startTime,
-      exe: exe.replace(/ \(deleted\)$/, ""),
+      exe: exePath(exe),
       serviceName: name,
       serviceNamespace: namespace,
       instance: `${this.#options.hostname}:${top}`,

@@ -107,9 +107,14 @@ export function parseResourceAttributes(text: string): Map<string, string> {
   return out;
 }
 
+/** The path of a /proc/<pid>/exe link, without the ` (deleted)` of a replaced binary. */
+export function exePath(link: string): string {
+  return link.replace(/ \(deleted\)$/, "");
+}
+
 /** The executable's file name from a /proc/<pid>/exe link (`/usr/sbin/nginx (deleted)` -> `nginx`). */
 export function exeName(exe: string): string {
-  const path = exe.replace(/ \(deleted\)$/, "");
+  const path = exePath(exe);
   return path.slice(path.lastIndexOf("/") + 1);
 }
 

@@ -146,7 +146,8 @@ export class BpfObject implements Disposable {
 
   /** The map named `name`. */
   map(name: string): BpfMap {
-    const found = this.maps().find((m) => m.name === name);
+    // Maps are looked up on every scrape: walk libbpf's list only for a name not seen yet.
+    const found = this.#maps.get(name) ?? this.maps().find((m) => m.name === name);
     if (!found) throw new Error(`BPF object "${this.name}" has no map "${name}"`);
     return found;
   }
