@@ -1595,6 +1595,42 @@ static __always_inline void count_only_io(struct http_conn *c, __u32 total, bool
 	}
 }
 
+/*
+ * The common case of a write, without the parse loop: the status line of the response to the
+ * one request waiting, at the start of the data. The request is completed and the rest of
+ * the response ignored, exactly as the state machine would (see ST_STATUS); anything else
+ * (interim or upgrade responses, pipelined requests, a split status line) takes parse_io().
+ */
+static __always_inline bool fast_response(struct http_conn *c, struct io_desc *io, __u32 total)
+{
+	if (c->resp.state != ST_IDLE || c->tail - c->head != 1 || c->responses != c->head || total < 16)
+		return false;
+	__u64 base = io->ptr;
+	if (io->kind == IO_IOV) {
+		__u64 iov[2];
+		if (io->cnt == 0 || bpf_probe_read_user(iov, sizeof(iov), (void *)io->ptr) || iov[1] < 16)
+			return false;
+		base = iov[0];
+	}
+	__u64 w[2];
+	if (bpf_probe_read_user(w, sizeof(w), (void *)base))
+		return false;
+	__u8 d0 = w[1] >> 8, d1 = w[1] >> 16, d2 = w[1] >> 24, after = w[1] >> 32;
+	if ((w[0] & 0x00ffffffffffffffULL) != TOKEN7('H', 'T', 'T', 'P', '/', '1', '.') ||
+	    (w[0] >> 56) < '0' || (w[0] >> 56) > '9' || (w[1] & 0xff) != ' ' || d0 < '2' ||
+	    d0 > '9' || d1 < '0' || d1 > '9' || d2 < '0' || d2 > '9' ||
+	    (after != ' ' && after != '\r' && after != '\n'))
+		return false; /* 1xx, or not a status line at all: the state machine decides */
+	__u32 seq = c->head;
+	if (c->q[seq & QUEUE_MASK].method == HTTP_METHOD_CONNECT)
+		return false;
+	__u16 status = (d0 - '0') * 100 + (d1 - '0') * 10 + (d2 - '0');
+	c->responses = seq + 1;
+	complete_request(c, seq, status, bpf_ktime_get_ns(), 0);
+	c->resp.state = ST_AWAIT_REQUEST;
+	return true;
+}
+
 static __always_inline struct http_conn *create_conn(struct sock *sk, __u64 cookie, __u32 tgid)
 {
 	__u32 zero = 0;
@@ -1642,7 +1678,7 @@ static __always_inline int on_socket_io(struct sock *sk, int ret, int flags, boo
 	}
 	if (io.kind == IO_NONE || io.kind == IO_UNSUPPORTED)
 		count_only_io(c, ret, send);
-	else
+	else if (!send || !fast_response(c, &io, ret))
 		parse_io(c, &io, ret, send);
 	return 0;
 }
