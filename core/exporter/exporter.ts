@@ -185,13 +185,7 @@ export class RedExporter {
     status: number,
   ): HttpCell | undefined {
     const byTarget = server ? this.#httpServerCells : this.#httpClientCells;
-    let byRoute = byTarget.get(target);
-    if (!byRoute) byTarget.set(target, byRoute = new Map());
-    let byMethod = byRoute.get(route);
-    if (!byMethod) byRoute.set(route, byMethod = new Map());
-    let byStatus = byMethod.get(method);
-    if (!byStatus) byMethod.set(method, byStatus = new Map());
-    const cached = byStatus.get(status);
+    const cached = byTarget.get(target)?.get(route)?.get(method)?.get(status);
     if (cached) return cached;
     const key = [
       target.serviceName,
@@ -219,6 +213,13 @@ export class RedExporter {
       duration: { family: durationFamily, series: duration },
       size: { family: sizeFamily, series: size },
     };
+    // The cache grows only with series that exist, so the label-set cap bounds it too.
+    let byRoute = byTarget.get(target);
+    if (!byRoute) byTarget.set(target, byRoute = new Map());
+    let byMethod = byRoute.get(route);
+    if (!byMethod) byRoute.set(route, byMethod = new Map());
+    let byStatus = byMethod.get(method);
+    if (!byStatus) byMethod.set(method, byStatus = new Map());
     byStatus.set(status, cell);
     return cell;
   }
