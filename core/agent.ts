@@ -108,9 +108,8 @@ export class Agent implements AsyncDisposable {
     const sinks = {
       observe: (o: RedObservation) => this.#observe(o),
       observeAggregate: (a: RedAggregate) => {
-        const labels = this.#labels.get(a.pid);
+        const labels = this.#labelsOf(a.pid);
         if (labels) this.exporter.observeAggregate(a, labels);
-        else this.exporter.dropped("agent", "unknown_process");
       },
       dropped: (plugin: string, reason: string) => this.exporter.dropped(plugin, reason),
       attachFailed: (plugin: string, reason: string) => this.exporter.attachFailed(plugin, reason),
@@ -211,12 +210,15 @@ export class Agent implements AsyncDisposable {
   }
 
   #observe(o: RedObservation): void {
-    const labels = this.#labels.get(o.pid);
-    if (!labels) {
-      this.exporter.dropped("agent", "unknown_process");
-      return;
-    }
-    this.exporter.observe(o, labels);
+    const labels = this.#labelsOf(o.pid);
+    if (labels) this.exporter.observe(o, labels);
+  }
+
+  /** The labels of the process `pid`, or undefined (counted as a drop) when it is unknown. */
+  #labelsOf(pid: number): TargetLabels | undefined {
+    const labels = this.#labels.get(pid);
+    if (!labels) this.exporter.dropped("agent", "unknown_process");
+    return labels;
   }
 
   /** Stops discovery and the endpoint, detaches and closes every plugin. Idempotent. */

@@ -207,19 +207,12 @@ export class PluginHost implements AsyncDisposable {
     const spec = this.plugin.aggregates;
     if (!spec) return;
     const map = this.#object.map(spec.map);
-    const slots = map.valueSize / 8;
-    const stride = Math.ceil(map.valueSize / 8);
     const lookup = (name: string, key: Uint8Array<ArrayBuffer>) =>
       this.#object.map(name).lookup(key);
     const gone: Uint8Array<ArrayBuffer>[] = [];
     for (const key of map.keys()) {
-      const value = map.lookup(key);
-      if (!value) continue;
-      const words = new BigUint64Array(value.buffer);
-      const total = new Float64Array(slots);
-      for (let cpu = 0; cpu * stride < words.length; cpu++) {
-        for (let i = 0; i < slots; i++) total[i] += Number(words[cpu * stride + i]);
-      }
+      const total = map.lookupSummedU64(key);
+      if (!total) continue;
       const id = Array.from(key, (b) => b.toString(16).padStart(2, "0")).join("");
       const before = this.#aggregatesSeen.get(id);
       const delta = before ? total.map((v, i) => v - before[i]) : total;

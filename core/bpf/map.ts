@@ -126,17 +126,27 @@ export class BpfMap {
     }
   }
 
-  /** Per-CPU u64 counters at `index` of a per-CPU array, summed over CPUs. */
+  /**
+   * The value under `key` of a per-CPU map read as u64 counters, each summed over the CPUs
+   * (exact below 2^53), or undefined when there is none.
+   */
+  lookupSummedU64(key: Uint8Array<ArrayBuffer>): Float64Array | undefined {
+    const value = this.lookup(key);
+    if (!value) return undefined;
+    const words = new BigUint64Array(value.buffer);
+    const slots = Math.ceil(this.valueSize / 8); // each CPU's slot is padded to 8 bytes
+    const total = new Float64Array(slots);
+    for (let at = 0; at < words.length; at += slots) {
+      for (let i = 0; i < slots; i++) total[i] += Number(words[at + i]);
+    }
+    return total;
+  }
+
+  /** The u64 counter at `index` of a per-CPU array, summed over CPUs. */
   sumPerCpuU64(index: number): bigint {
     const key = new Uint8Array(4);
     new DataView(key.buffer).setUint32(0, index, true);
-    const value = this.lookup(key);
-    if (!value) return 0n;
-    const view = new DataView(value.buffer);
-    const stride = Math.ceil(this.valueSize / 8) * 8;
-    let sum = 0n;
-    for (let cpu = 0; cpu < numPossibleCpus(); cpu++) sum += view.getBigUint64(cpu * stride, true);
-    return sum;
+    return BigInt(this.lookupSummedU64(key)?.[0] ?? 0);
   }
 
   #key(key: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
