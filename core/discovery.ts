@@ -109,8 +109,6 @@ interface Seen {
   netns: string;
   /** Listening socket inodes the process holds (empty: not a target). */
   inodes: Set<number>;
-  /** When discovery first saw it (ms). */
-  firstSeen: number;
 }
 
 /**
@@ -137,6 +135,8 @@ export class Discovery {
   #polls = 0;
   #listening = new Map<number, number>();
   #tablesReadAt = -Infinity;
+  /** When a poll last found new processes. */
+  #newProcessesAt = -Infinity;
   readonly #now: () => number;
 
   constructor(options: DiscoveryOptions, fs: ProcFs = realProcFs, now: () => number = Date.now) {
@@ -191,15 +191,13 @@ export class Discovery {
           ppid: stat.ppid,
           netns,
           inodes: new Set(),
-          firstSeen: now,
         });
       }
     }
 
-    const youngest = Math.max(-Infinity, ...[...this.#seen.values()].map((s) => s.firstSeen));
+    if (fresh.size > 0) this.#newProcessesAt = now;
     if (
-      fresh.size > 0 || now - youngest < NEW_PROCESS_MS ||
-      now - this.#tablesReadAt >= TABLES_EVERY_MS
+      now - this.#newProcessesAt < NEW_PROCESS_MS || now - this.#tablesReadAt >= TABLES_EVERY_MS
     ) {
       this.#listening = this.#listeningSockets(fresh);
       this.#tablesReadAt = now;
