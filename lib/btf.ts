@@ -1,89 +1,28 @@
 /**
- * A small reader for the BTF (BPF Type Format) of a compiled BPF object: enough ELF to find the
- * `.BTF` section, and enough BTF to list the types, find a struct by name and lay out its members
- * (byte and bit offsets, sizes). Pure: bytes in, values out; no libbpf.
+ * A small reader for the BTF (BPF Type Format) of a compiled BPF object: its `.BTF` section,
+ * found by lib/elf.ts, and enough BTF to list the types, find a struct by name and lay out its
+ * members (byte and bit offsets, sizes). Pure: bytes in, values out; no libbpf.
  *
  * Tests use it to check that decoders of fixed-layout records agree with the C structs they
  * decode, as the compiler laid them out.
  *
- * Formats: the ELF-64 specification (section header table, `e_shstrndx`) and the kernel's
- * Documentation/bpf/btf.rst (`struct btf_header`, `struct btf_type` and the data after it).
+ * Format: the kernel's Documentation/bpf/btf.rst (`struct btf_header`, `struct btf_type` and
+ * the data after it).
  *
  * @module
  */
+import { ElfError, ElfFile, type ElfParseOptions, SHT } from "./elf.ts";
 
 /** A malformed or unsupported ELF or BTF input. */
 export class BtfError extends Error {
-  constructor(message: string) {
-    super(message);
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
     this.name = "BtfError";
   }
 }
 
-/** One ELF section: where its bytes are in the file. */
-export interface ElfSection {
-  name: string;
-  /** `sh_type` (1 = PROGBITS, 2 = SYMTAB, 3 = STRTAB, 8 = NOBITS, ...). */
-  type: number;
-  offset: number;
-  size: number;
-}
-
-const SHT_NOBITS = 8;
-const ELF_HEADER_SIZE = 64;
-const SECTION_HEADER_SIZE = 64;
-
-/** The sections of a little- or big-endian ELF-64 file (BPF objects are ELF-64). */
-export function elfSections(bytes: Uint8Array): ElfSection[] {
-  if (
-    bytes.length < ELF_HEADER_SIZE || bytes[0] !== 0x7f || bytes[1] !== 0x45 ||
-    bytes[2] !== 0x4c || bytes[3] !== 0x46
-  ) {
-    throw new BtfError("not an ELF file");
-  }
-  if (bytes[4] !== 2) throw new BtfError(`not an ELF-64 file (EI_CLASS ${bytes[4]})`);
-  if (bytes[5] !== 1 && bytes[5] !== 2) throw new BtfError(`bad ELF byte order (${bytes[5]})`);
-  const le = bytes[5] === 1;
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const shoff = toNumber(view.getBigUint64(0x28, le));
-  const shentsize = view.getUint16(0x3a, le);
-  let shnum = view.getUint16(0x3c, le);
-  let shstrndx = view.getUint16(0x3e, le);
-  if (shoff === 0) return [];
-  if (shentsize < SECTION_HEADER_SIZE) throw new BtfError(`bad e_shentsize ${shentsize}`);
-  const header = (i: number) => {
-    const at = shoff + i * shentsize;
-    if (at + SECTION_HEADER_SIZE > bytes.length) {
-      throw new BtfError(`section header ${i} is beyond the end of the file`);
-    }
-    return {
-      name: view.getUint32(at, le),
-      type: view.getUint32(at + 4, le),
-      offset: toNumber(view.getBigUint64(at + 24, le)),
-      size: toNumber(view.getBigUint64(at + 32, le)),
-      link: view.getUint32(at + 40, le),
-    };
-  };
-  // More than 0xff00 sections: the real count and string-table index are in section 0.
-  if (shnum === 0) shnum = header(0).size;
-  if (shstrndx === 0xffff) shstrndx = header(0).link;
-  const headers = Array.from({ length: shnum }, (_, i) => header(i));
-  const names = headers[shstrndx];
-  if (!names) throw new BtfError(`bad e_shstrndx ${shstrndx}`);
-  checkRange(bytes, names.offset, names.size, "section name table");
-  const nameTable = bytes.subarray(names.offset, names.offset + names.size);
-  return headers.map((h, i) => {
-    if (h.type !== SHT_NOBITS && i !== 0) checkRange(bytes, h.offset, h.size, `section ${i}`);
-    return { name: cString(nameTable, h.name), type: h.type, offset: h.offset, size: h.size };
-  });
-}
-
-/** The bytes of the section called `name`, or undefined when there is none. */
-export function elfSection(bytes: Uint8Array, name: string): Uint8Array | undefined {
-  const section = elfSections(bytes).find((s) => s.name === name);
-  if (!section || section.type === SHT_NOBITS) return undefined;
-  return bytes.subarray(section.offset, section.offset + section.size);
-}
+/** BPF objects are ELF-64 of EM_BPF, big-endian when built for a big-endian target. */
+const BPF_OBJECT: ElfParseOptions = { anyMachine: true, bigEndian: true };
 
 /** BTF_KIND_* values. */
 export const BtfKind = {
@@ -266,11 +205,21 @@ export function parseBtf(section: Uint8Array): Btf {
   return { types };
 }
 
-/** The BTF of an ELF object (its `.BTF` section). */
+/**
+ * The BTF of an ELF object (its `.BTF` section), read with lib/elf.ts. Throws {@link BtfError}
+ * for an object that is not a readable ELF-64 file (its `cause` is the {@link ElfError}).
+ */
 export function btfOfElf(bytes: Uint8Array): Btf {
-  const section = elfSection(bytes, ".BTF");
-  if (!section) throw new BtfError("the object has no .BTF section");
-  return parseBtf(section);
+  let elf: ElfFile;
+  try {
+    elf = ElfFile.parse(bytes, BPF_OBJECT);
+  } catch (e) {
+    if (e instanceof ElfError) throw new BtfError(e.message, { cause: e });
+    throw e;
+  }
+  const section = elf.section(".BTF");
+  if (!section || section.type === SHT.nobits) throw new BtfError("the object has no .BTF section");
+  return parseBtf(elf.sectionBytes(section));
 }
 
 /** The first type of `kind` called `name`, if any. */
@@ -386,9 +335,4 @@ function checkRange(bytes: Uint8Array, offset: number, size: number, what: strin
   if (offset < 0 || size < 0 || offset + size > bytes.length) {
     throw new BtfError(`${what} (${size} bytes at ${offset}) is beyond the end of the input`);
   }
-}
-
-function toNumber(v: bigint): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BtfError(`offset ${v} too large`);
-  return Number(v);
 }

@@ -1,12 +1,11 @@
 import assert from "node:assert/strict";
 import { hasTool } from "../tests/support/tools.ts";
+import { ElfError, ElfFile, type ElfParseOptions } from "./elf.ts";
 import {
   type Btf,
   BtfError,
   BtfKind,
   btfOfElf,
-  elfSection,
-  elfSections,
   findType,
   parseBtf,
   resolveType,
@@ -204,56 +203,86 @@ function sampleBtf() {
 
 // --- ELF -------------------------------------------------------------------------------------
 
-Deno.test("elfSections() lists the sections of the committed BPF object by name", async () => {
-  const sections = elfSections(await Deno.readFile(OBJECT));
-  const names = sections.map((s) => s.name);
+/** How btfOfElf() reads a BPF object with lib/elf.ts: any machine (EM_BPF), either byte order. */
+const BPF: ElfParseOptions = { anyMachine: true, bigEndian: true };
+
+/** The bytes of the section called `name`, or undefined when there is none. */
+function sectionBytes(elf: ElfFile, name: string): Uint8Array | undefined {
+  const section = elf.section(name);
+  return section && elf.sectionBytes(section);
+}
+
+Deno.test("ElfFile lists the sections of the committed BPF object by name", async () => {
+  const bytes = await Deno.readFile(OBJECT);
+  const elf = ElfFile.parse(bytes, BPF);
+  assert.equal(elf.machine, 247, "EM_BPF");
+  const names = elf.sections.map((s) => s.name);
   assert.equal(names[0], "");
   for (const name of [".text", ".BTF", ".BTF.ext", ".maps", "license", ".symtab", ".strtab"]) {
     assert.ok(names.includes(name), `missing ${name} in ${names.join(", ")}`);
   }
+  assert.throws(() => ElfFile.parse(bytes), /machine 247/, "x86-64 only without the options");
 });
 
-Deno.test("elfSection() returns a section's bytes (the object's license string)", async () => {
-  const license = elfSection(await Deno.readFile(OBJECT), "license");
+Deno.test("ElfFile gives a BPF section's bytes (the object's license string)", async () => {
+  const elf = ElfFile.parse(await Deno.readFile(OBJECT), BPF);
+  const license = sectionBytes(elf, "license");
   assert.ok(license);
   const text = new TextDecoder().decode(license);
   assert.match(text, /GPL/);
   assert.equal(license.at(-1), 0, "NUL-terminated");
-  assert.equal(elfSection(await Deno.readFile(OBJECT), ".no-such-section"), undefined);
+  assert.equal(sectionBytes(elf, ".no-such-section"), undefined);
 });
 
-Deno.test("elfSections() reads a synthetic little- and big-endian ELF-64 file", () => {
+Deno.test("ElfFile and btfOfElf() read a synthetic little- and big-endian ELF-64 file", () => {
   const data = new Uint8Array([1, 2, 3, 4, 5]);
   for (const bigEndian of [false, true]) {
-    const elf = buildElf([{ name: ".data", data }, { name: ".BTF", data: new Uint8Array(9) }], {
-      bigEndian,
-    });
-    assert.deepEqual(elfSections(elf).map((s) => s.name), ["", ".data", ".BTF", ".shstrtab"]);
-    assert.deepEqual(elfSection(elf, ".data"), data);
-    assert.equal(elfSection(elf, ".BTF")?.length, 9);
+    const elf = ElfFile.parse(
+      buildElf([{ name: ".data", data }, { name: ".BTF", data: new Uint8Array(9) }], {
+        bigEndian,
+      }),
+      BPF,
+    );
+    assert.equal(elf.littleEndian, !bigEndian);
+    assert.deepEqual(elf.sections.map((s) => s.name), ["", ".data", ".BTF", ".shstrtab"]);
+    assert.deepEqual(sectionBytes(elf, ".data"), data);
+    assert.equal(sectionBytes(elf, ".BTF")?.length, 9);
+
+    const { b } = sampleBtf();
+    const btf = btfOfElf(buildElf([{ name: ".BTF", data: b.build({ bigEndian }) }], { bigEndian }));
+    assert.equal(findType(btf, "struct", "s")?.size, 32);
   }
 });
 
-Deno.test("elfSections() works on a subarray that does not start at offset 0", () => {
+Deno.test("ElfFile works on a subarray that does not start at offset 0", () => {
   const elf = buildElf([{ name: ".data", data: new Uint8Array([9, 8, 7]) }]);
   const padded = new Uint8Array(elf.length + 13);
   padded.set(elf, 13);
-  assert.deepEqual(elfSection(padded.subarray(13), ".data"), new Uint8Array([9, 8, 7]));
+  const parsed = ElfFile.parse(padded.subarray(13), BPF);
+  assert.deepEqual(sectionBytes(parsed, ".data"), new Uint8Array([9, 8, 7]));
 });
 
-Deno.test("elfSections() rejects what is not a well-formed ELF-64 file", () => {
-  assert.throws(() => elfSections(new Uint8Array(100)), BtfError);
-  assert.throws(() => elfSections(new Uint8Array([0x7f, 0x45, 0x4c, 0x46])), BtfError);
+Deno.test("ElfFile and btfOfElf() reject what is not a well-formed ELF-64 file", () => {
+  const parse = (bytes: Uint8Array) => () => ElfFile.parse(bytes, BPF);
+  assert.throws(parse(new Uint8Array(100)), ElfError);
+  assert.throws(parse(new Uint8Array([0x7f, 0x45, 0x4c, 0x46])), ElfError);
   const elf32 = buildElf([], { elfClass: 1 });
-  assert.throws(() => elfSections(elf32), /ELF-64/);
+  assert.throws(parse(elf32), /ELF-64/);
   const elf = buildElf([{ name: ".data", data: new Uint8Array(64) }]);
-  assert.throws(() => elfSections(elf.subarray(0, elf.length - 10)), BtfError, "cut header");
+  assert.throws(parse(elf.subarray(0, elf.length - 10)), ElfError, "cut header");
   // A section whose bytes lie past the end of the file.
   const bad = new Uint8Array(elf);
   const view = new DataView(bad.buffer);
   const shoff = Number(view.getBigUint64(0x28, true));
   view.setBigUint64(shoff + 64 + 32, 1_000_000n, true);
-  assert.throws(() => elfSections(bad), /beyond the end/);
+  assert.throws(parse(bad), /beyond the end/);
+  // btfOfElf() says BtfError, with the ELF reader's error as the cause.
+  for (const bytes of [new Uint8Array(100), elf32, bad]) {
+    assert.throws(
+      () => btfOfElf(bytes),
+      (e) => e instanceof BtfError && e.cause instanceof ElfError,
+    );
+  }
 });
 
 // --- BTF -------------------------------------------------------------------------------------
