@@ -12,6 +12,26 @@ import { BpfError, setLibbpfLogSink } from "./ffi/libbpf.ts";
 import type { Logger } from "./log.ts";
 import type { RedAggregate, RedObservation, TargetProcess } from "./plugin.ts";
 import { PluginHost } from "./plugin_host.ts";
+import { exePath, parseEnviron, serviceIdentity } from "../lib/proc.ts";
+
+/** service_name and service_namespace of a process from /proc, else from `exe` alone. */
+function describeProcess(
+  pid: number,
+  exe: string | undefined,
+  defaultNamespace: string,
+): { serviceName: string; serviceNamespace: string } | undefined {
+  let env = new Map<string, string>();
+  try {
+    const link = Deno.readLinkSync(`/proc/${pid}/exe`);
+    env = parseEnviron(Deno.readTextFileSync(`/proc/${pid}/environ`));
+    exe = exePath(link);
+  } catch {
+    // exited: fall back to the executable the plugin named
+  }
+  if (!exe) return undefined;
+  const { name, namespace } = serviceIdentity(env, exe, defaultNamespace);
+  return { serviceName: name, serviceNamespace: namespace };
+}
 
 /** How long an exited process's labels are kept, for events still in flight (close flushes). */
 const RELEASED_LABELS_TTL_MS = 60_000;
@@ -108,11 +128,12 @@ export class Agent implements AsyncDisposable {
     const sinks = {
       observe: (o: RedObservation) => this.#observe(o),
       observeAggregate: (a: RedAggregate) => {
-        const labels = this.#labelsOf(a.pid);
+        const labels = this.#labelsOf(a.pid, a.exe);
         if (labels) this.exporter.observeAggregate(a, labels);
       },
       dropped: (plugin: string, reason: string) => this.exporter.dropped(plugin, reason),
       attachFailed: (plugin: string, reason: string) => this.exporter.attachFailed(plugin, reason),
+      skipped: (plugin: string, reason: string) => this.exporter.skipped(plugin, reason),
     };
     const failures: string[] = [];
     for (const { plugin, options: pluginOptions } of config.plugins.values()) {
@@ -153,6 +174,7 @@ export class Agent implements AsyncDisposable {
       selfPid: Deno.pid,
       hostname: Deno.hostname(),
       defaultNamespace: config.discovery.service_namespace,
+      selectExecutable: (exe, pid) => this.#hosts.some((h) => h.selectsExecutable(exe, pid)),
     }, options.procFs);
     this.#poll();
     this.#timer = setInterval(() => this.#poll(), config.discovery.poll_interval);
@@ -187,9 +209,7 @@ export class Agent implements AsyncDisposable {
         serviceNamespace: target.serviceNamespace,
         instance: target.instance,
       });
-      const plugins = this.#hosts.filter((h) => h.appliesTo(target) && h.add(target)).map((h) =>
-        h.plugin.id
-      );
+      const plugins = this.#instrument(target);
       this.#log.info(
         `instrumenting pid ${target.pid} ${target.exe} (service ${target.serviceName}, ports ${
           target.listenPorts.join(",")
@@ -209,15 +229,50 @@ export class Agent implements AsyncDisposable {
     this.exporter.setDiscoveredProcesses(this.#discovery.targets.size);
   }
 
+  /**
+   * Hands `target` to the plugins that apply to it, and returns the ids of those that took
+   * it. A plugin that `replaces` others goes first; when it attaches, the plugins it replaces
+   * leave the process alone (its requests must not be counted twice).
+   */
+  #instrument(target: TargetProcess): string[] {
+    const applicable = this.#hosts.filter((h) => h.appliesTo(target));
+    const replacing = applicable.filter((h) => h.mayReplace);
+    const others = applicable.filter((h) => !h.mayReplace);
+    const taken: string[] = [];
+    const replaced = new Set<string>();
+    for (const host of replacing) {
+      if (!host.add(target)) continue;
+      taken.push(host.plugin.id);
+      for (const id of host.replacesFor(target)) replaced.add(id);
+    }
+    for (const host of others) {
+      if (!replaced.has(host.plugin.id) && host.add(target)) taken.push(host.plugin.id);
+    }
+    return taken;
+  }
+
   #observe(o: RedObservation): void {
-    const labels = this.#labelsOf(o.pid);
+    const labels = this.#labelsOf(o.pid, "exe" in o ? o.exe : undefined);
     if (labels) this.exporter.observe(o, labels);
   }
 
-  /** The labels of the process `pid`, or undefined (counted as a drop) when it is unknown. */
-  #labelsOf(pid: number): TargetLabels | undefined {
-    const labels = this.#labels.get(pid);
-    if (!labels) this.exporter.dropped("agent", "unknown_process");
+  /**
+   * The labels of the process `pid`. A process discovery has not seen (a short-lived client
+   * measured through probes on its executable) is described from /proc if it still runs, else
+   * from the executable the plugin named; otherwise the observation is dropped and counted.
+   */
+  #labelsOf(pid: number, exe?: string): TargetLabels | undefined {
+    const known = this.#labels.get(pid);
+    if (known) return known;
+    const identity = describeProcess(pid, exe, this.#config.discovery.service_namespace);
+    if (!identity) {
+      this.exporter.dropped("agent", "unknown_process");
+      return undefined;
+    }
+    const labels = { ...identity, instance: `${Deno.hostname()}:${pid}` };
+    this.#labels.set(pid, labels);
+    // Not a target: its labels expire like those of a released one.
+    this.#released.set(pid, Date.now());
     return labels;
   }
 

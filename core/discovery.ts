@@ -95,6 +95,11 @@ export interface DiscoveryOptions {
   defaultNamespace?: string;
   /** Extra filter: return false to leave a process alone. */
   accept?: (target: TargetProcess) => boolean;
+  /**
+   * Selects a process that listens on nothing (an HTTP client) by its executable. Asked once
+   * per new process, with the executable path as /proc shows it.
+   */
+  selectExecutable?: (exePath: string, pid: number) => boolean;
 }
 
 export interface DiscoveryChange {
@@ -107,8 +112,10 @@ interface Seen {
   ppid: number;
   /** Its network namespace (`net:[4026531840]`), whose socket tables say what listens. */
   netns: string;
-  /** Listening socket inodes the process holds (empty: not a target). */
+  /** Listening socket inodes the process holds (empty: not a target unless selected). */
   inodes: Set<number>;
+  /** Selected by its executable (a client): a target whatever it listens on. */
+  selected?: boolean;
 }
 
 /**
@@ -215,11 +222,23 @@ export class Discovery {
         const inode = socketInode(fs.readLink(`/proc/${pid}/fd/${fd}`) ?? "");
         if (inode !== undefined && listening.has(inode)) seen.inodes.add(inode);
       }
-      if (seen.inodes.size > 0 && !this.#targets.has(pid)) candidates.push(pid);
+      if (seen.inodes.size > 0 && !seen.selected && !this.#targets.has(pid)) candidates.push(pid);
     };
     for (const [pid, seen] of fresh) this.#seen.set(pid, seen);
     for (const [pid, seen] of this.#seen) {
       if (rescanAll || fresh.has(pid)) scan(pid, seen);
+    }
+    // Clients: new processes that listen on nothing but run a selected executable.
+    const select = this.#options.selectExecutable;
+    if (select) {
+      for (const [pid, seen] of fresh) {
+        if (seen.inodes.size > 0 || pid === this.#options.selfPid) continue;
+        const exe = fs.readLink(`/proc/${pid}/exe`);
+        if (exe && select(exePath(exe), pid)) {
+          seen.selected = true;
+          candidates.push(pid);
+        }
+      }
     }
 
     const added: TargetProcess[] = [];

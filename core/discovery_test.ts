@@ -538,3 +538,29 @@ Deno.test("Discovery reads the socket tables only while processes are new, then 
   d.poll();
   assert.equal(tableReads(), 3);
 });
+
+Deno.test("Discovery selects a client by its executable, asking once per new process", () => {
+  const fs = baseHost()
+    .add({ pid: 300, ppid: 100, comm: "hey", startTime: 2000, exe: "/usr/bin/hey" })
+    .add({ pid: 301, ppid: 100, comm: "ls", startTime: 2001, exe: "/usr/bin/ls" });
+  const asked: string[] = [];
+  const d = new Discovery({
+    selfPid: SELF,
+    hostname: HOST,
+    selectExecutable: (exe, pid) => {
+      asked.push(`${pid} ${exe}`);
+      return exe === "/usr/bin/hey";
+    },
+  }, fs);
+  const change = d.poll();
+  assert.deepEqual(pids(change.added), [300]);
+  assert.deepEqual(change.added[0].listenPorts, []);
+  assert.equal(change.added[0].serviceName, "hey");
+  assert.equal(change.added[0].instance, `${HOST}:300`);
+  assert.ok(!asked.some((a) => a.startsWith(`${SELF} `)), "never the agent itself");
+  const before = asked.length;
+  assert.deepEqual(d.poll(), { added: [], removed: [] });
+  assert.equal(asked.length, before, "known processes are not asked again");
+  fs.exit(300);
+  assert.deepEqual(pids(d.poll().removed), [300]);
+});

@@ -62,6 +62,24 @@ export type AttachSpec =
     pid?: number;
     /** A missing optional probe is logged, not an attach failure of the plugin. */
     optional?: boolean;
+    /** `bpf_get_attach_cookie()` in the program: per-attachment data (e.g. struct offsets). */
+    cookie?: bigint;
+  }
+  /**
+   * One program at many offsets of one binary, as one `uprobe_multi` link (Linux 6.6+): far
+   * cheaper to attach and detach than one uprobe per offset. The program must be listed in
+   * `uprobeMultiPrograms`.
+   */
+  | {
+    kind: "uprobe-multi";
+    program: string;
+    binaryPath: string;
+    /** File offsets of the instructions. */
+    offsets: number[];
+    /** `bpf_get_attach_cookie()` for each offset (default 0). */
+    cookies?: bigint[];
+    /** Only this pid (per-target attachments default to the target's pid). */
+    pid?: number;
   };
 
 /** One RED measurement for the exporter. */
@@ -78,6 +96,11 @@ export type RedObservation =
     route: string;
     /** Request body size. */
     requestSizeBytes?: number;
+    /**
+     * The executable, when the plugin knows it (probes attached to a binary for every process
+     * running it): labels for a short-lived process that exited before discovery saw it.
+     */
+    exe?: string;
   }
   | {
     kind: "rpc_server" | "rpc_client";
@@ -102,6 +125,8 @@ export interface RedAggregate {
   durationSumSeconds: number;
   sizeBuckets: ArrayLike<number>;
   sizeSumBytes: number;
+  /** As in RedObservation: labels for a process discovery never saw. */
+  exe?: string;
 }
 
 /** Read access to one of the plugin's own maps (the core does the reading). */
@@ -132,20 +157,47 @@ export interface PluginDefinition<E = unknown, O = Record<string, unknown>> {
   optionsSchema?: z.ZodType<O>;
   /** `const volatile` values to set before load. */
   constants?: (ctx: PluginContext<O>) => Record<string, ConstantValue>;
+  /** Programs loaded for `uprobe-multi` attachments (they cannot be attached any other way). */
+  uprobeMultiPrograms?: readonly string[];
   /** Map sizes to set before load (`{ conns: 65536 }`). */
   maxEntries?: (ctx: PluginContext<O>) => Record<string, number>;
-  /** Attached once when the plugin starts; such programs must filter by the `targets` map. */
-  attachOnce?: AttachSpec[];
-  /** Whether this plugin instruments `target` (default: every target). */
-  appliesTo?: (target: TargetProcess) => boolean;
+  /**
+   * Attached once when the plugin starts; such programs must filter by the `targets` map (or,
+   * for uprobes on a binary for every process, by what the plugin configured).
+   */
+  attachOnce?: AttachSpec[] | ((ctx: PluginContext<O>) => AttachSpec[]);
+  /**
+   * Whether this plugin instruments `target` (default: every target). `{ skip: reason }` means
+   * no, for a reason worth counting (`redprobe_processes_skipped_total{plugin,reason}`) and
+   * logging once: a binary this plugin cannot handle (`quiet`: the log line is debug level, for
+   * the common case such as "not a Go program").
+   */
+  appliesTo?: (
+    target: TargetProcess,
+    ctx: PluginContext<O>,
+  ) => boolean | { skip: string; detail?: string; quiet?: boolean };
+  /**
+   * Ids of plugins this one stands in for on the targets it instruments: when it attaches to a
+   * process, those plugins leave that process alone (go-http measures a Go server's HTTP itself,
+   * so kprobe-http must not count it again). A function decides per process (called after a
+   * successful attach).
+   */
+  replaces?:
+    | readonly string[]
+    | ((target: TargetProcess, ctx: PluginContext<O>) => readonly string[]);
+  /**
+   * Processes running an executable for which this returns true are targets even when they do
+   * not listen on a TCP port (HTTP clients). Called once per new process; keep it cheap (cache).
+   */
+  selectsExecutable?: (exePath: string, pid: number, ctx: PluginContext<O>) => boolean;
   /** Attachments for one target, detached when it exits. */
-  attachForTarget?: (target: TargetProcess) => AttachSpec[];
+  attachForTarget?: (target: TargetProcess, ctx: PluginContext<O>) => AttachSpec[];
   /** Names of the `stats` map counters at indices 1.. (index 0 is ring-buffer loss). */
   kernelCounters?: readonly string[];
   /** Bytes of one ring-buffer record -> event. Pure; must copy what it keeps. */
   decode: (bytes: Uint8Array) => E;
   /** Event -> observation, or undefined to ignore the event. */
-  toObservation: (event: E) => RedObservation | undefined;
+  toObservation: (event: E, ctx: PluginContext<O>) => RedObservation | undefined;
   /**
    * Histograms kept in the kernel (cheaper than a record per request). The core reads the
    * per-CPU hash map `map` of cumulative u64 counters at each drain, sums the CPUs, and hands
@@ -184,6 +236,15 @@ const attachSpecSchema = z.discriminatedUnion("kind", [
     offset: z.number().int().nonnegative().optional(),
     pid: z.number().int().positive().optional(),
     optional: z.boolean().optional(),
+    cookie: z.bigint().nonnegative().optional(),
+  }),
+  z.object({
+    kind: z.literal("uprobe-multi"),
+    program: z.string().min(1),
+    binaryPath: z.string().min(1),
+    offsets: z.array(z.number().int().nonnegative()).min(1),
+    cookies: z.array(z.bigint().nonnegative()).optional(),
+    pid: z.number().int().positive().optional(),
   }),
 ]);
 
@@ -197,8 +258,18 @@ const pluginSchema = z.object({
   optionsSchema: z.custom<z.ZodType>((v) => v instanceof z.ZodType).optional(),
   constants: z.function().optional(),
   maxEntries: z.function().optional(),
-  attachOnce: z.array(attachSpecSchema).optional(),
+  uprobeMultiPrograms: z.array(z.string().min(1)).optional(),
+  // An array of specs (each checked, with its index in the message) or a function of the context.
+  attachOnce: z.unknown().superRefine((value, ctx) => {
+    if (value === undefined || typeof value === "function") return;
+    const result = z.array(attachSpecSchema).safeParse(value);
+    for (const issue of result.error?.issues ?? []) {
+      ctx.addIssue({ code: "custom", path: issue.path, message: issue.message });
+    }
+  }).optional(),
   appliesTo: z.function().optional(),
+  replaces: z.union([z.array(z.string()), z.function()]).optional(),
+  selectsExecutable: z.function().optional(),
   attachForTarget: z.function().optional(),
   kernelCounters: z.array(z.string().regex(/^[a-z][a-z0-9_]*$/)).optional(),
   decode: z.function(),

@@ -17,7 +17,13 @@ import type {
   TargetProcess,
 } from "./plugin.ts";
 import { BpfObject } from "./bpf/object.ts";
-import { attachBySection, attachTracepoint, attachUprobe, type BpfLink } from "./bpf/link.ts";
+import {
+  attachBySection,
+  attachTracepoint,
+  attachUprobe,
+  attachUprobeMulti,
+  type BpfLink,
+} from "./bpf/link.ts";
 import { RingBufferReader } from "./bpf/ring_buffer.ts";
 import type { BpfMap } from "./bpf/map.ts";
 import { BpfError } from "./ffi/libbpf.ts";
@@ -31,6 +37,8 @@ export interface PluginHostSinks {
   dropped(plugin: string, reason: string): void;
   /** An attach that failed; `reason` is an errno name or a short word. */
   attachFailed(plugin: string, reason: string): void;
+  /** A process the plugin chose to leave alone, and why. */
+  skipped(plugin: string, reason: string): void;
 }
 
 /** Counters the exporter reads at scrape time. */
@@ -40,6 +48,16 @@ export interface PluginHostStats {
   /** The `stats` map: index 0 (ring-buffer losses) then the plugin's kernel counters. */
   kernelCounters(): { lost: bigint; counters: Map<string, bigint> };
   ringFill(): number;
+}
+
+/** Whether process `pid` still exists. */
+function alive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Largest pid the targets bitmap must cover, from the running kernel. */
@@ -58,6 +76,8 @@ export class PluginHost implements AsyncDisposable {
   readonly #sinks: PluginHostSinks;
   readonly #globalLinks: BpfLink[] = [];
   readonly #targetLinks = new Map<number, BpfLink[]>();
+  /** Detaches under way (see #detachInBackground). */
+  readonly #detaching = new Set<Promise<void>>();
   readonly #targets: BpfMap;
   readonly #stats: BpfMap;
   readonly #reader: RingBufferReader;
@@ -88,6 +108,9 @@ export class PluginHost implements AsyncDisposable {
       const constants = plugin.constants?.(ctx) ?? {};
       this.#object.setConstants(constants);
       this.#object.setMaxEntries("targets", Math.ceil((readPidMax() + 1) / 64));
+      for (const name of plugin.uprobeMultiPrograms ?? []) {
+        this.#object.program(name).prepareForUprobeMulti();
+      }
       for (const [map, entries] of Object.entries(plugin.maxEntries?.(ctx) ?? {})) {
         this.#object.setMaxEntries(map, entries);
       }
@@ -96,7 +119,10 @@ export class PluginHost implements AsyncDisposable {
       log.debug(`${plugin.id}: BPF object loaded in ${Math.round(performance.now() - started)} ms`);
       this.#targets = this.#object.map("targets");
       this.#stats = this.#object.map("stats");
-      for (const spec of plugin.attachOnce ?? []) this.#globalLinks.push(this.#attach(spec));
+      const once = typeof plugin.attachOnce === "function"
+        ? plugin.attachOnce(ctx)
+        : plugin.attachOnce ?? [];
+      for (const spec of once) this.#globalLinks.push(this.#attach(spec));
       this.#reader = new RingBufferReader(
         this.#object.map("events"),
         (record) => this.#onRecord(record),
@@ -133,9 +159,46 @@ export class PluginHost implements AsyncDisposable {
   /** Whether this plugin wants `target`. */
   appliesTo(target: TargetProcess): boolean {
     try {
-      return this.plugin.appliesTo?.(target) ?? true;
+      const verdict = this.plugin.appliesTo?.(target, this.#ctx) ?? true;
+      if (typeof verdict === "boolean") return verdict;
+      this.#sinks.skipped(this.plugin.id, verdict.skip);
+      (verdict.quiet ? this.#log.debug : this.#log.info).call(
+        this.#log,
+        `${this.plugin.id}: leaving pid ${target.pid} (${target.exe}) alone: ${verdict.skip}${
+          verdict.detail ? ` (${verdict.detail})` : ""
+        }`,
+      );
+      return false;
     } catch (e) {
       this.#log.warn(`${this.plugin.id}: appliesTo(${target.pid}) threw: ${(e as Error).message}`);
+      return false;
+    }
+  }
+
+  /** Whether this plugin may stand in for others (it declares `replaces`). */
+  get mayReplace(): boolean {
+    return this.plugin.replaces !== undefined;
+  }
+
+  /** The plugins this one stands in for on `target` (after it attached to it). */
+  replacesFor(target: TargetProcess): readonly string[] {
+    const replaces = this.plugin.replaces;
+    try {
+      return typeof replaces === "function" ? replaces(target, this.#ctx) : replaces ?? [];
+    } catch (e) {
+      this.#log.warn(`${this.plugin.id}: replaces(${target.pid}) threw: ${(e as Error).message}`);
+      return [];
+    }
+  }
+
+  /** Whether this plugin selects processes of `exe` that listen on nothing (clients). */
+  selectsExecutable(exe: string, pid: number): boolean {
+    try {
+      return this.plugin.selectsExecutable?.(exe, pid, this.#ctx) ?? false;
+    } catch (e) {
+      this.#log.debug(
+        `${this.plugin.id}: selectsExecutable(${exe}) threw: ${(e as Error).message}`,
+      );
       return false;
     }
   }
@@ -145,8 +208,10 @@ export class PluginHost implements AsyncDisposable {
     if (this.#closed || this.#targetLinks.has(target.pid)) return true;
     const links: BpfLink[] = [];
     try {
-      for (const spec of this.plugin.attachForTarget?.(target) ?? []) {
-        const withPid = spec.kind === "uprobe" ? { ...spec, pid: spec.pid ?? target.pid } : spec;
+      for (const spec of this.plugin.attachForTarget?.(target, this.#ctx) ?? []) {
+        const withPid = spec.kind === "uprobe" || spec.kind === "uprobe-multi"
+          ? { ...spec, pid: spec.pid ?? target.pid }
+          : spec;
         try {
           links.push(this.#attach(withPid));
         } catch (e) {
@@ -182,14 +247,16 @@ export class PluginHost implements AsyncDisposable {
     if (!this.#closed) this.#readAggregates(pid);
     this.#targetLinks.delete(pid);
     this.stats.instrumented = this.#targetLinks.size;
-    for (const link of links) {
-      try {
-        link.destroy();
-      } catch (e) {
-        this.#log.debug(`${this.plugin.id}: detach for pid ${pid}: ${(e as Error).message}`);
-      }
-    }
     if (!this.#closed) this.#setTargetBit(pid, false);
+    for (const link of links) this.#detachInBackground(link, `for pid ${pid}`);
+  }
+
+  /** Detaches off the event loop (uprobes take ~100 ms each); close() waits for all of them. */
+  #detachInBackground(link: BpfLink, what: string): void {
+    const done = link.destroyInBackground().catch((e) => {
+      this.#log.debug(`${this.plugin.id}: detach ${what}: ${(e as Error).message}`);
+    }).finally(() => this.#detaching.delete(done));
+    this.#detaching.add(done);
   }
 
   /** Consumes what the kernel has recorded so far (before a scrape). */
@@ -227,7 +294,10 @@ export class PluginHost implements AsyncDisposable {
         if (aggregate) this.#sinks.observeAggregate(aggregate);
         else this.#sinks.dropped(this.plugin.id, "aggregate_decode_error");
       }
-      if (forget !== undefined && spec.pidOf(key) === forget) {
+      const pid = spec.pidOf(key);
+      // A process that exited: its keys were just read a last time. Processes that were never
+      // targets (probes on an executable for every process) are checked for life here.
+      if (pid === forget || (forget === undefined && !this.#targetLinks.has(pid) && !alive(pid))) {
         gone.push(key);
         this.#aggregatesSeen.delete(id);
       }
@@ -239,13 +309,9 @@ export class PluginHost implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     for (const pid of [...this.#targetLinks.keys()]) this.remove(pid);
-    for (const link of this.#globalLinks.splice(0)) {
-      try {
-        link.destroy();
-      } catch (e) {
-        this.#log.warn(`${this.plugin.id}: ${(e as Error).message}`);
-      }
-    }
+    for (const link of this.#globalLinks.splice(0)) this.#detachInBackground(link, "");
+    // Every link is gone before the object (and its programs) is closed.
+    while (this.#detaching.size > 0) await Promise.all([...this.#detaching]);
     await this.#reader.close();
     this.#closed = true;
     this.#object.close();
@@ -264,6 +330,8 @@ export class PluginHost implements AsyncDisposable {
         return attachTracepoint(program, spec.category, spec.name);
       case "uprobe":
         return attachUprobe(program, spec);
+      case "uprobe-multi":
+        return attachUprobeMulti(program, spec);
     }
   }
 
@@ -282,7 +350,7 @@ export class PluginHost implements AsyncDisposable {
     this.stats.recordsRead++;
     let observation: RedObservation | undefined;
     try {
-      observation = this.plugin.toObservation(this.plugin.decode(record));
+      observation = this.plugin.toObservation(this.plugin.decode(record), this.#ctx);
     } catch (e) {
       this.#sinks.dropped(this.plugin.id, "decode_error");
       this.#log.debug(

@@ -5,6 +5,7 @@
  * @module
  */
 import type { AnyPlugin } from "../core/plugin.ts";
+import goHttp from "./go_http/mod.ts";
 import kprobeHttp from "./kprobe_http/mod.ts";
 
-export const BUILTIN_PLUGINS: readonly AnyPlugin[] = [kprobeHttp];
+export const BUILTIN_PLUGINS: readonly AnyPlugin[] = [kprobeHttp, goHttp];

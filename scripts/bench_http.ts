@@ -11,39 +11,23 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import {
+  type Agent,
+  cpuNs,
+  freePort,
+  heyP99 as heyP99At,
+  median,
+  parseBenchArgs,
+  startAgent as startAgentUntil,
+  sumMetric,
+  writeResults,
+  wrk as wrkAt,
+} from "./lib/bench.ts";
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-
-const args = parseArgs({
-  args: Deno.args,
-  options: {
-    rounds: { type: "string", default: "5" },
-    seconds: { type: "string", default: "10" },
-    out: { type: "string" },
-    connections: { type: "string", default: "10" },
-  },
-});
-const ROUNDS = Number(args.values.rounds);
-const SECONDS = Number(args.values.seconds);
-const CONNECTIONS = Number(args.values.connections);
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-async function run(cmd: string, cmdArgs: string[]): Promise<string> {
-  const out = await new Deno.Command(cmd, { args: cmdArgs, stdout: "piped", stderr: "piped" })
-    .output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  if (!out.success) throw new Error(`${cmd} ${cmdArgs.join(" ")} failed:\n${text}`);
-  return text;
-}
+const args = parseBenchArgs();
+const ROUNDS = args.rounds;
+const SECONDS = args.seconds;
+const CONNECTIONS = args.connections;
 
 async function startNginx(): Promise<
   { port: number; worker: () => number; stop: () => Promise<void> }
@@ -107,108 +91,33 @@ http {
   };
 }
 
-interface Agent {
-  pid: number;
-  metricsPort: number;
-  stop(): Promise<void>;
+function startAgent(): Promise<Agent> {
+  return startAgentUntil({ until: /instrumenting pid \d+ \/usr\/sbin\/nginx/ });
 }
 
-async function startAgent(): Promise<Agent> {
-  const metricsPort = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "--quiet",
-      join(ROOT, "main.ts"),
-      "--metrics-address",
-      "127.0.0.1",
-      "--metrics-port",
-      String(metricsPort),
-    ],
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let log = "";
-  while (!/instrumenting pid \d+ \/usr\/sbin\/nginx/.test(log)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`agent exited:\n${log}`);
-    log += value;
-  }
-  (async () => {
-    while (!(await reader.read()).done) { /* keep the pipe drained */ }
-  })();
-  await new Promise((r) => setTimeout(r, 1000)); // every nginx process attached
-  return {
-    pid: child.pid,
-    metricsPort,
-    stop: async () => {
-      child.kill("SIGTERM");
-      await child.status;
-    },
-  };
+function wrk(port: number): Promise<{ rps: number; requests: number }> {
+  return wrkAt({
+    url: `http://127.0.0.1:${port}/hello`,
+    seconds: SECONDS,
+    connections: CONNECTIONS,
+  });
 }
 
-/** Nanoseconds `pid` (all its threads) has run on a CPU: /proc/<pid>/task/<tid>/schedstat. */
-function cpuNs(pid: number): number {
-  let ns = 0;
-  for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/schedstat`).split(" ")[0]);
-    } catch { /* thread exited */ }
-  }
-  return ns;
+function heyP99(port: number, rate: number): Promise<number> {
+  return heyP99At({
+    url: `http://127.0.0.1:${port}/hello`,
+    seconds: SECONDS,
+    connections: CONNECTIONS,
+    rate,
+  });
 }
 
-async function wrk(port: number): Promise<{ rps: number; requests: number }> {
-  const text = await run("taskset", [
-    "-c",
-    "1",
-    "wrk",
-    "-t1",
-    `-c${CONNECTIONS}`,
-    `-d${SECONDS}s`,
-    `http://127.0.0.1:${port}/hello`,
-  ]);
-  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]);
-  const requests = Number(/(\d+) requests in/.exec(text)?.[1]);
-  if (!rps) throw new Error(`cannot read wrk output:\n${text}`);
-  return { rps, requests };
-}
-
-async function heyP99(port: number, rate: number): Promise<number> {
-  const perWorker = Math.max(1, Math.round(rate / CONNECTIONS));
-  const text = await run("taskset", [
-    "-c",
-    "1",
-    "hey",
-    "-z",
-    `${SECONDS}s`,
-    "-c",
-    String(CONNECTIONS),
-    "-q",
-    String(perWorker),
-    `http://127.0.0.1:${port}/hello`,
-  ]);
-  const p99 = Number(/99%\s+in\s+([\d.]+)\s+secs/.exec(text)?.[1]);
-  if (!Number.isFinite(p99)) throw new Error(`cannot read hey output:\n${text}`);
-  return p99 * 1000;
-}
-
-async function countedRequests(agent: Agent, port: number): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
-  let n = 0;
-  for (const line of text.split("\n")) {
-    if (
-      line.startsWith("http_server_duration_seconds_count{") &&
-      line.includes('service_name="nginx"')
-    ) {
-      n += Number(line.slice(line.lastIndexOf(" ") + 1));
-    }
-  }
-  void port;
-  return n;
+function countedRequests(agent: Agent): Promise<number> {
+  return sumMetric(
+    agent.metricsPort,
+    "http_server_duration_seconds_count",
+    (labels) => labels.service_name === "nginx",
+  );
 }
 
 function describe(r: Round): string {
@@ -256,11 +165,11 @@ try {
       try {
         const before = cpuNs(agent.pid);
         const nginxBefore = cpuNs(worker);
-        const countedBefore = await countedRequests(agent, nginx.port);
+        const countedBefore = await countedRequests(agent);
         withAgent = await wrk(nginx.port);
         agentNginxNs = cpuNs(worker) - nginxBefore;
         cpu = (cpuNs(agent.pid) - before) / 1000;
-        counted = (await countedRequests(agent, nginx.port)) - countedBefore;
+        counted = (await countedRequests(agent)) - countedBefore;
       } finally {
         await agent.stop();
       }
@@ -299,10 +208,6 @@ try {
   await nginx.stop();
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const ratios = rounds.map((r) => r.agentRps / r.baselineRps);
 const summary = {
   throughputLossMedianPct: (1 - median(ratios)) * 100,
@@ -349,11 +254,4 @@ const table = [
   ``,
 ].join("\n");
 console.log(table);
-if (args.values.out) {
-  await Deno.mkdir(dirname(args.values.out), { recursive: true });
-  await Deno.writeTextFile(args.values.out, table);
-  await Deno.writeTextFile(
-    args.values.out.replace(/\.md$/, ".json"),
-    JSON.stringify({ command, rounds, summary }, null, 2),
-  );
-}
+if (args.out) await writeResults(args.out, table, { command, rounds, summary });

@@ -20,6 +20,9 @@ const OPEN_OPTS_SIZE = 80; // sizeof(struct bpf_object_open_opts) in libbpf 1.1
 export type ConstantValue = number | bigint | boolean | readonly (number | bigint)[];
 
 /** A program inside a {@linkcode BpfObject}. Valid until the object is closed. */
+/** enum bpf_attach_type (linux/bpf.h; bpf/vmlinux.h). */
+export const BPF_TRACE_UPROBE_MULTI = 48;
+
 export class BpfProgram {
   readonly name: string;
   readonly sectionName: string;
@@ -47,6 +50,17 @@ export class BpfProgram {
   /** The program's fd; only valid after load. */
   get fd(): number {
     return check(libbpf().bpf_program__fd(this.pointer), `get fd of program "${this.name}"`);
+  }
+
+  /**
+   * Loads the program for `uprobe_multi` links (BPF_TRACE_UPROBE_MULTI): one link then attaches
+   * it at many offsets of a binary. Before load only; such a program cannot be a plain uprobe.
+   */
+  prepareForUprobeMulti(): void {
+    check(
+      libbpf().bpf_program__set_expected_attach_type(this.pointer, BPF_TRACE_UPROBE_MULTI),
+      `prepare program "${this.name}" for uprobe_multi`,
+    );
   }
 
   /** Whether the program is loaded at all (a program not needed on this kernel can be skipped). */

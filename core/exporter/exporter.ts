@@ -68,6 +68,7 @@ export class RedExporter {
   readonly #sources: PluginStatsSource[] = [];
   readonly #dropped: client.Counter<"plugin" | "reason">;
   readonly #attachFailures: client.Counter<"plugin" | "reason">;
+  readonly #skipped: client.Counter<"plugin" | "reason">;
   #discovered = 0;
 
   constructor(options: ExporterOptions = {}) {
@@ -134,6 +135,13 @@ export class RedExporter {
     this.#attachFailures = new client.Counter({
       name: "redprobe_attach_failures_total",
       help: "Failed attempts to instrument a process, by plugin and reason (errno name)",
+      labelNames: ["plugin", "reason"],
+      registers: [this.registry],
+    });
+    this.#skipped = new client.Counter({
+      name: "redprobe_processes_skipped_total",
+      help: "Processes a plugin chose not to instrument, by plugin and reason " +
+        "(not_go, go_too_old, no_net_http, unknown_go_version, corrupt_binary, ...)",
       labelNames: ["plugin", "reason"],
       registers: [this.registry],
     });
@@ -248,6 +256,11 @@ export class RedExporter {
   }
 
   /** Counts a failed attempt to instrument a process. */
+  /** A process `plugin` left alone, for `reason` (a short snake_case word). */
+  skipped(plugin: string, reason: string): void {
+    this.#skipped.inc({ plugin, reason });
+  }
+
   attachFailed(plugin: string, reason: string): void {
     this.#attachFailures.inc({ plugin, reason });
   }

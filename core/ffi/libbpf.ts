@@ -35,6 +35,9 @@ const LIBBPF_SYMBOLS = {
   bpf_program__set_autoload: { parameters: ["pointer", "bool"], result: "i32" },
   // int bpf_program__fd(const struct bpf_program *prog)
   bpf_program__fd: { parameters: ["pointer"], result: "i32" },
+  // int bpf_program__set_expected_attach_type(struct bpf_program *prog,
+  //     enum bpf_attach_type type)
+  bpf_program__set_expected_attach_type: { parameters: ["pointer", "u32"], result: "i32" },
   // struct bpf_link *bpf_program__attach(const struct bpf_program *prog)
   bpf_program__attach: { parameters: ["pointer"], result: "pointer" },
   // struct bpf_link *bpf_program__attach_tracepoint(const struct bpf_program *prog,
@@ -51,6 +54,14 @@ const LIBBPF_SYMBOLS = {
   },
   // int bpf_link__destroy(struct bpf_link *link)
   bpf_link__destroy: { parameters: ["pointer"], result: "i32" },
+  // The same, on a worker thread: detaching a uprobe waits for an RCU grace period (~100 ms
+  // each here), which must not freeze the event loop while ring buffers fill.
+  bpf_link__destroy_nonblocking: {
+    name: "bpf_link__destroy",
+    parameters: ["pointer"],
+    result: "i32",
+    nonblocking: true,
+  },
   // const char *bpf_map__name(const struct bpf_map *map)
   bpf_map__name: { parameters: ["pointer"], result: "pointer" },
   // int bpf_map__fd(const struct bpf_map *map)
@@ -112,6 +123,11 @@ const LIBC_SYMBOLS = {
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   // int close(int fd)
   close: { parameters: ["i32"], result: "i32" },
+  // The same on a worker thread: closing a uprobe link waits for an RCU grace period.
+  close_nonblocking: { name: "close", parameters: ["i32"], result: "i32", nonblocking: true },
+  // long syscall(long number, ...): for bpf(2) commands libbpf 1.1 has no wrapper for
+  // (BPF_LINK_CREATE of uprobe_multi links). Integer arguments only, so the variadic call is safe.
+  syscall: { parameters: ["i64", "i64", "buffer", "u64"], result: "i64" },
   // int mount(const char *source, const char *target, const char *fstype,
   //           unsigned long mountflags, const void *data)
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },

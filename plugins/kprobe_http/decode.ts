@@ -6,6 +6,7 @@
  * @module
  */
 import { ByteStringCache } from "../../lib/byte_strings.ts";
+import { KNOWN_HTTP_METHODS } from "../../lib/http_methods.ts";
 
 /** sizeof(struct http_request_event). */
 export const HTTP_EVENT_SIZE = 144;
@@ -39,18 +40,7 @@ export const HttpEventFlag = {
 } as const;
 
 /** enum http_method, index = value. 0 is any other token (OpenTelemetry's `_OTHER`). */
-export const HTTP_METHODS = [
-  "_OTHER",
-  "GET",
-  "HEAD",
-  "POST",
-  "PUT",
-  "DELETE",
-  "CONNECT",
-  "OPTIONS",
-  "TRACE",
-  "PATCH",
-] as const;
+export const HTTP_METHODS = ["_OTHER", ...KNOWN_HTTP_METHODS] as const;
 
 /** Names of the stats map indices 1.. (enum http_stat), for the agent's counters. */
 export const HTTP_KERNEL_COUNTERS = [
@@ -182,8 +172,6 @@ function latin1Bytes(text: string): Uint8Array {
   return bytes;
 }
 
-/** HTTP_AGG_BUCKETS in kprobe_http.h: at most this many buckets (bounds + 1) in the kernel. */
-export const HTTP_AGG_BUCKETS = 16;
 /** sizeof(struct http_agg_key). */
 export const HTTP_AGG_KEY_SIZE = 16;
 
@@ -215,14 +203,3 @@ export function decodeHttpPath(value: Uint8Array): string {
   const len = Math.min(value[0], HTTP_PATH_MAX, value.length - 8);
   return paths.get(value, 8, 8 + len);
 }
-
-/**
- * Slots (u64 counters) of struct http_agg: duration sum (ns), size sum, then
- * HTTP_AGG_BUCKETS duration buckets and HTTP_AGG_BUCKETS size buckets.
- */
-export const HttpAggSlot = {
-  durationSumNs: 0,
-  sizeSum: 1,
-  durationBuckets: 2,
-  sizeBuckets: 2 + HTTP_AGG_BUCKETS,
-} as const;

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { type Btf, btfOfElf, findType, structLayout, typeSize } from "../../lib/btf.ts";
 import { hasTool } from "../../tests/support/tools.ts";
+import { headerStructBtf } from "../../tests/support/bpf_layout.ts";
 import {
   decodeHttpRequestEvent,
   encodeHttpRequestEvent,
@@ -14,7 +15,6 @@ import {
 } from "./decode.ts";
 
 const HERE = new URL(".", import.meta.url);
-const ROOT = new URL("../../", import.meta.url);
 const HEADER_URL = new URL("kprobe_http.h", HERE);
 const OBJECT_URL = new URL("kprobe_http.bpf.o", HERE);
 
@@ -333,43 +333,15 @@ Deno.test({
     "decodeHttpRequestEvent() offsets match struct http_request_event as clang lays out kprobe_http.h",
   ignore: !hasTool("clang"),
   async fn() {
-    // Compiled the way scripts/build_bpf.ts compiles the plugin, with one variable of the
-    // struct so its layout lands in the object's BTF.
-    const dir = await Deno.makeTempDir({ prefix: "redprobe-layout-" });
-    try {
-      await Deno.writeTextFile(
-        `${dir}/layout.bpf.c`,
-        '#include "vmlinux.h"\n#include "kprobe_http.h"\nstruct http_request_event layout_anchor;\n',
-      );
-      const out = await new Deno.Command("clang", {
-        args: [
-          "-O2",
-          "-g",
-          "-target",
-          "bpf",
-          "-mcpu=v3",
-          "-D__TARGET_ARCH_x86",
-          "-I",
-          new URL("bpf", ROOT).pathname,
-          "-I",
-          HERE.pathname,
-          "-c",
-          `${dir}/layout.bpf.c`,
-          "-o",
-          `${dir}/layout.bpf.o`,
-        ],
-        stderr: "piped",
-      }).output();
-      assert.ok(out.success, new TextDecoder().decode(out.stderr));
-      const btf = btfOfElf(await Deno.readFile(`${dir}/layout.bpf.o`));
-      assertDecoderMatchesBtf(btf);
-      // The anchor variable is exactly one event.
-      const anchor = findType(btf, "var", "layout_anchor");
-      assert.ok(anchor);
-      assert.equal(typeSize(btf, anchor.id), HTTP_EVENT_SIZE);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    const btf = await headerStructBtf(
+      new URL("kprobe_http.h", HERE).pathname,
+      "http_request_event",
+    );
+    assertDecoderMatchesBtf(btf);
+    // The anchor variable is exactly one event.
+    const anchor = findType(btf, "var", "layout_anchor");
+    assert.ok(anchor);
+    assert.equal(typeSize(btf, anchor.id), HTTP_EVENT_SIZE);
   },
 });
 

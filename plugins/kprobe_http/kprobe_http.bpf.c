@@ -21,6 +21,7 @@
  * status 0. Nothing here allocates per request except the ring-buffer record.
  */
 #include "redprobe.bpf.h"
+#include "red_histogram.h"
 #include "kprobe_http.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -36,19 +37,10 @@ struct http_request_event *http_request_event_btf_anchor;
 const volatile __u64 request_timeout_ns = 30ULL * 1000 * 1000 * 1000;
 
 /*
- * Histogram bounds of the in-kernel aggregation, set from the agent's configuration (the
- * defaults are design.md's); aggregate_in_kernel = 0 sends every request as a record.
+ * In-kernel aggregation (bpf/red_histogram.h, whose bucket bounds the agent sets);
+ * aggregate_in_kernel = 0 sends every request as a record.
  */
 const volatile __u8 aggregate_in_kernel = 1;
-const volatile __u32 duration_bound_count = 15;
-const volatile __u64 duration_bounds_ns[HTTP_AGG_BUCKETS - 1] = {
-	0, 5000000, 10000000, 25000000, 50000000, 75000000, 100000000, 250000000, 500000000,
-	750000000, 1000000000, 2500000000, 5000000000, 7500000000, 10000000000,
-};
-const volatile __u32 size_bound_count = 10;
-const volatile __u64 size_bounds[HTTP_AGG_BUCKETS - 1] = {
-	0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
-};
 
 #define QUEUE_MASK (HTTP_QUEUE_LEN - 1)
 _Static_assert((HTTP_QUEUE_LEN & QUEUE_MASK) == 0, "HTTP_QUEUE_LEN must be a power of two");
@@ -237,7 +229,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct http_agg_key);
-	__type(value, struct http_agg);
+	__type(value, struct red_histogram);
 } aggs SEC(".maps");
 
 /* Path bytes by hash, for the agent to name the aggs keys. Never deleted (see README). */
@@ -256,12 +248,12 @@ struct {
 	__type(value, struct http_path);
 } path_scratch SEC(".maps");
 
-/* A zeroed struct http_agg to insert new keys from (too big for the BPF stack). */
+/* A zeroed histogram to insert new keys from (too big for the BPF stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct http_agg);
+	__type(value, struct red_histogram);
 } agg_template SEC(".maps");
 
 struct window {
@@ -398,18 +390,6 @@ static __always_inline __u32 peek_head(struct io_desc *io, __u32 total, __u64 *h
  * Completes request `seq` with `status` and emits its event. Returns false when another path
  * (timeout, close, response) completed it first: the compare-and-swap on head decides.
  */
-/* Index of the histogram bucket of v: the number of bounds below it. */
-static __always_inline __u32 bucket_of(__u64 v, const volatile __u64 *bounds, __u32 count)
-{
-	__u32 index = 0;
-#pragma unroll
-	for (int i = 0; i < HTTP_AGG_BUCKETS - 1; i++) {
-		if (i < count && v > bounds[i])
-			index = i + 1;
-	}
-	return index & (HTTP_AGG_BUCKETS - 1);
-}
-
 /* Makes sure the agent can name this request's path hash. False when the paths map is full. */
 static __always_inline bool remember_path(struct http_request *r)
 {
@@ -421,16 +401,6 @@ static __always_inline bool remember_path(struct http_request *r)
 	__builtin_memcpy(scratch_path->path, r->path, HTTP_PATH_MAX);
 	long err = bpf_map_update_elem(&paths, &r->path_hash, scratch_path, BPF_NOEXIST);
 	return err == 0 || err == -17 /* EEXIST */;
-}
-
-static __always_inline void add_to_histogram(struct http_agg *agg, __u64 duration, __u64 size)
-{
-	/* Atomic: a timer or a close in softirq may complete a request on this CPU meanwhile. */
-	__sync_fetch_and_add(&agg->duration_sum_ns, duration);
-	__sync_fetch_and_add(&agg->size_sum, size);
-	__sync_fetch_and_add(&agg->duration_buckets[bucket_of(duration, duration_bounds_ns,
-								duration_bound_count)], 1);
-	__sync_fetch_and_add(&agg->size_buckets[bucket_of(size, size_bounds, size_bound_count)], 1);
 }
 
 /*
@@ -452,7 +422,7 @@ static __always_inline bool complete_request(struct http_conn *c, __u32 seq, __u
 		.method = r->method,
 		.flags = r->flags & HTTP_FLAG_PATH_TRUNCATED,
 	};
-	struct http_agg *agg = NULL;
+	struct red_histogram *agg = NULL;
 	bool can_aggregate = aggregate_in_kernel;
 	if (can_aggregate) {
 		agg = bpf_map_lookup_elem(&aggs, &key);
@@ -485,14 +455,14 @@ static __always_inline bool complete_request(struct http_conn *c, __u32 seq, __u
 	}
 	if (!agg && can_aggregate) {
 		__u32 zero = 0;
-		struct http_agg *empty = bpf_map_lookup_elem(&agg_template, &zero);
+		struct red_histogram *empty = bpf_map_lookup_elem(&agg_template, &zero);
 		if (empty) {
 			bpf_map_update_elem(&aggs, &key, empty, BPF_NOEXIST); /* EEXIST: another CPU won */
 			agg = bpf_map_lookup_elem(&aggs, &key);
 		}
 	}
 	if (agg) {
-		add_to_histogram(agg, duration, size);
+		red_histogram_add(agg, duration, size);
 		redprobe_count(HTTP_STAT_AGGREGATED);
 		if (ev)
 			bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
@@ -585,27 +555,10 @@ static __always_inline void begin_request(struct parse_ctx *x)
 		c->resp.state = ST_IDLE;
 }
 
-/*
- * A 64-bit hash of the path bytes, 8 at a time (multiply-xorshift per word, the length mixed
- * in): the key the agent resolves through the paths map. Collisions would merge two paths;
- * at 64 bits that takes billions of distinct paths.
- */
+/* The key the agent resolves through the paths map (see red_path_hash()). */
 static __always_inline __u64 path_hash(struct http_request *r)
 {
-	__u32 len = r->path_len;
-	__u64 h = 0xcbf29ce484222325ULL ^ len;
-	/* Every word, zeroed past the end: no early exit, one state for the verifier after. */
-	for (int i = 0; i < HTTP_PATH_MAX / 8; i++) {
-		__u64 w = *(__u64 *)(r->path + i * 8);
-		__s32 left = (__s32)len - i * 8;
-		if (left <= 0)
-			w = 0;
-		else if (left < 8)
-			w &= (1ULL << (left * 8)) - 1;
-		h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
-		h ^= h >> 32;
-	}
-	return h;
+	return red_path_hash(r->path, r->path_len, HTTP_PATH_MAX);
 }
 
 /* The request head is complete: publish the request to the response side. */

@@ -60,7 +60,6 @@ enum http_stat {
  * scrape. A ring-buffer record (struct http_request_event) is written only when a request
  * cannot be aggregated (a new key and the maps are full), so nothing is lost either way.
  */
-#define HTTP_AGG_BUCKETS 16 /* up to 15 configured bucket bounds, and +Inf */
 
 struct http_agg_key {
 	__u64 path_hash; /* see path_hash() in kprobe_http.bpf.c; resolved through the paths map */
@@ -70,13 +69,7 @@ struct http_agg_key {
 	__u8 flags;      /* HTTP_FLAG_PATH_TRUNCATED only */
 };
 
-/* Per-CPU value of the aggs map: bucket i counts values <= bound i (the last: +Inf). */
-struct http_agg {
-	__u64 duration_sum_ns;
-	__u64 size_sum;
-	__u64 duration_buckets[HTTP_AGG_BUCKETS];
-	__u64 size_buckets[HTTP_AGG_BUCKETS];
-};
+/* The aggs map's values are struct red_histogram (bpf/red_histogram.h). */
 
 /* Value of the paths map (key: the path hash). */
 struct http_path {

@@ -18,14 +18,12 @@ import {
   decodeHttpAggKey,
   decodeHttpPath,
   decodeHttpRequestEvent,
-  HTTP_AGG_BUCKETS,
   HTTP_KERNEL_COUNTERS,
-  HttpAggSlot,
   HttpEventFlag,
   HttpEventKind,
   type HttpRequestEvent,
 } from "./decode.ts";
-import type { MetricBuckets } from "../../core/plugin.ts";
+import { fitsInKernel, histogramConstants, histogramDelta } from "../../lib/red_histogram.ts";
 
 const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
   const ms = parseDurationMs(v);
@@ -55,37 +53,17 @@ export type KprobeHttpOptions = z.infer<typeof kprobeHttpOptions>;
 
 const routes = new RouteCache();
 
-/** The kernel aggregates only when the configured buckets fit its fixed-size histograms. */
-function aggregatesInKernel(buckets: MetricBuckets): boolean {
-  return buckets.durationSeconds.length < HTTP_AGG_BUCKETS &&
-    buckets.sizeBytes.length < HTTP_AGG_BUCKETS;
-}
-
-/** A bucket-bound constant array, padded to the kernel's fixed length. */
-function bounds(values: readonly number[], scale: number): bigint[] {
-  const out = Array.from({ length: HTTP_AGG_BUCKETS - 1 }, () => 0n);
-  values.forEach((v, i) => {
-    if (i < out.length) out[i] = BigInt(Math.floor(v * scale));
-  });
-  return out;
-}
-
 export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
   id: "kprobe-http",
   description: "HTTP/1.x servers in any language, from socket tracepoints",
   bpfObject,
   optionsSchema: kprobeHttpOptions,
   constants: ({ options, buckets }) => {
-    const inKernel = options.aggregate_in_kernel && aggregatesInKernel(buckets);
+    const inKernel = options.aggregate_in_kernel && fitsInKernel(buckets);
     return {
       request_timeout_ns: BigInt(Math.round(options.request_timeout * 1e6)),
       aggregate_in_kernel: inKernel,
-      // Durations are whole nanoseconds, sizes whole bytes: value <= bound exactly when
-      // value <= floor(bound), so the kernel's buckets are the exporter's.
-      duration_bound_count: inKernel ? buckets.durationSeconds.length : 0,
-      duration_bounds_ns: bounds(buckets.durationSeconds, 1e9),
-      size_bound_count: inKernel ? buckets.sizeBytes.length : 0,
-      size_bounds: bounds(buckets.sizeBytes, 1),
+      ...histogramConstants(buckets, inKernel),
     };
   },
   maxEntries: ({ options }) => ({ conns: options.max_connections }),
@@ -102,19 +80,13 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
       const key = decodeHttpAggKey(keyBytes);
       const path = lookup("paths", key.pathHash);
       if (!path) return undefined;
-      const durations = HttpAggSlot.durationBuckets;
-      const sizes = HttpAggSlot.sizeBuckets;
       return {
         kind: "http_server",
         pid: key.tgid,
         method: key.method,
         status: key.status,
         route: routes.route(decodeHttpPath(path), (key.flags & HttpEventFlag.pathTruncated) !== 0),
-        // each: one count per configured bound, then +Inf
-        durationBuckets: delta.subarray(durations, durations + buckets.durationSeconds.length + 1),
-        durationSumSeconds: delta[HttpAggSlot.durationSumNs] / 1e9,
-        sizeBuckets: delta.subarray(sizes, sizes + buckets.sizeBytes.length + 1),
-        sizeSumBytes: delta[HttpAggSlot.sizeSum],
+        ...histogramDelta(delta, buckets),
       };
     },
   },

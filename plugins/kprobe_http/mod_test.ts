@@ -26,9 +26,17 @@ function event(fields: EventInput = {}): HttpRequestEvent {
   }));
 }
 
+/** toObservation with the default options (kprobe-http's does not use them). */
+function observe(e: Parameters<typeof plugin.toObservation>[0]) {
+  return plugin.toObservation(e, {
+    options: kprobeHttpOptions.parse({}),
+    buckets: BUCKETS,
+  });
+}
+
 Deno.test("kprobe-http toObservation() makes an http_server observation of a request", () => {
   assert.deepEqual(
-    plugin.toObservation(event({
+    observe(event({
       tgid: 777,
       method: "POST",
       status: 201,
@@ -55,7 +63,7 @@ Deno.test("kprobe-http toObservation() takes the duration from start_ns and end_
     [86_400n * 10n ** 9n * 400n, 86_400n * 10n ** 9n * 400n + 1_500_000n, 0.0015], // 400 days up
   ];
   for (const [startNs, endNs, seconds] of cases) {
-    const o = plugin.toObservation(event({ startNs, endNs }));
+    const o = observe(event({ startNs, endNs }));
     assert.ok(o && o.kind === "http_server");
     assert.ok(
       Math.abs(o.durationSeconds - seconds) < 1e-12,
@@ -66,7 +74,7 @@ Deno.test("kprobe-http toObservation() takes the duration from start_ns and end_
 
 Deno.test("kprobe-http toObservation() turns the path into a templated route", () => {
   const route = (path: string, flags = 0) => {
-    const o = plugin.toObservation(event({ path, flags }));
+    const o = observe(event({ path, flags }));
     assert.ok(o && "route" in o);
     return o.route;
   };
@@ -81,15 +89,15 @@ Deno.test("kprobe-http toObservation() ends the route of a truncated path with /
   const long = "/files/" + "x".repeat(200);
   const e = event({ path: long, flags: HttpEventFlag.pathTruncated });
   assert.equal(e.path.length, 96, "the probe kept HTTP_PATH_MAX bytes");
-  const o = plugin.toObservation(e);
+  const o = observe(e);
   assert.ok(o && "route" in o);
   assert.equal(o.route, "/files/*");
   // Without the flag the same path is a route of its own.
-  const untruncated = plugin.toObservation(event({ path: "/files/abc" }));
+  const untruncated = observe(event({ path: "/files/abc" }));
   assert.ok(untruncated && "route" in untruncated);
   assert.equal(untruncated.route, "/files/abc");
   // Other flags do not truncate.
-  const timedOut = plugin.toObservation(
+  const timedOut = observe(
     event({ path: "/files/abc", flags: HttpEventFlag.timeout }),
   );
   assert.ok(timedOut && "route" in timedOut);
@@ -98,23 +106,23 @@ Deno.test("kprobe-http toObservation() ends the route of a truncated path with /
 
 Deno.test("kprobe-http toObservation() keeps status 0 for a request with no response", () => {
   for (const flag of [HttpEventFlag.timeout, HttpEventFlag.closed, HttpEventFlag.evicted]) {
-    const o = plugin.toObservation(event({ status: 0, flags: flag }));
+    const o = observe(event({ status: 0, flags: flag }));
     assert.ok(o && o.kind === "http_server");
     assert.equal(o.status, 0);
   }
 });
 
 Deno.test("kprobe-http toObservation() passes _OTHER for an unknown method", () => {
-  const o = plugin.toObservation(event({ methodIndex: 0 }));
+  const o = observe(event({ methodIndex: 0 }));
   assert.ok(o && "method" in o);
   assert.equal(o.method, "_OTHER");
 });
 
 Deno.test("kprobe-http toObservation() ignores events that are not server requests", () => {
   for (const kind of [0, 2, 255]) {
-    assert.equal(plugin.toObservation(event({ kind })), undefined, `kind ${kind}`);
+    assert.equal(observe(event({ kind })), undefined, `kind ${kind}`);
   }
-  assert.ok(plugin.toObservation(event({ kind: HttpEventKind.serverRequest })));
+  assert.ok(observe(event({ kind: HttpEventKind.serverRequest })));
 });
 
 Deno.test("kprobe-http is a valid plugin that decodes with decodeHttpRequestEvent", () => {

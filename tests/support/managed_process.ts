@@ -15,11 +15,19 @@ export class ManagedProcess {
   #exited = false;
   readonly status: Promise<Deno.CommandStatus>;
 
-  constructor(command: string, args: string[], opts: { cwd?: string } = {}) {
+  /**
+   * `keepStdinOpen`: give the process a stdin pipe that stays open until it exits (servers such
+   * as `esbuild --serve` stop when stdin closes).
+   */
+  constructor(
+    command: string,
+    args: string[],
+    opts: { cwd?: string; keepStdinOpen?: boolean } = {},
+  ) {
     this.#child = new Deno.Command(command, {
       args,
       cwd: opts.cwd,
-      stdin: "null",
+      stdin: opts.keepStdinOpen ? "piped" : "null",
       stdout: "null",
       stderr: "piped",
     }).spawn();

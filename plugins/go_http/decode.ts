@@ -1,0 +1,127 @@
+/**
+ * Decoder for `struct go_http_event` (go_http.h; the offsets below are that struct's,
+ * little-endian, 184 bytes). Pure: bytes in, a plain object out, nothing kept that points into
+ * the ring buffer.
+ *
+ * @module
+ */
+import { ByteStringCache } from "../../lib/byte_strings.ts";
+import { httpMethodLabel } from "../../lib/http_methods.ts";
+
+/** sizeof(struct go_http_event). */
+export const GO_HTTP_EVENT_SIZE = 184;
+export const GO_HTTP_METHOD_MAX = 16;
+export const GO_HTTP_PATH_MAX = 128;
+
+const OFFSET = {
+  startNs: 0,
+  durationNs: 8,
+  contentLength: 16,
+  tgid: 24,
+  status: 28,
+  kind: 30,
+  flags: 31,
+  methodLen: 32,
+  pathLen: 34,
+  exeIndex: 36,
+  method: 40,
+  path: 56,
+} as const;
+
+/** go_http_event.kind */
+export const GoHttpKind = { server: 1, client: 2 } as const;
+
+/** go_http_event.flags and go_agg_key.flags */
+export const GoHttpFlag = { pathTruncated: 0x01, noResponse: 0x02, longMethod: 0x04 } as const;
+
+/** Names of the stats map indices 1.. (enum go_http_stat). */
+export const GO_HTTP_KERNEL_COUNTERS = [
+  "go_server_starts",
+  "go_server_ends_unpaired",
+  "go_client_starts",
+  "go_client_ends_unpaired",
+  "go_start_table_full",
+  "go_memory_read_failures",
+  "go_paths_truncated",
+  "go_requests_aggregated",
+  "go_requests_not_aggregated",
+] as const;
+
+export interface GoHttpEvent {
+  kind: number;
+  tgid: number;
+  status: number;
+  flags: number;
+  durationNs: number;
+  /** Request body size from Content-Length; -1 when unknown (chunked). */
+  contentLength: number;
+  method: string;
+  path: string;
+  /** 0, or 1 + the index of the configured executable whose probe saw this request. */
+  exeIndex: number;
+}
+
+const strings = new ByteStringCache();
+
+/** `bytes` -> event; throws a RangeError on a record of the wrong size. */
+export function decodeGoHttpEvent(bytes: Uint8Array): GoHttpEvent {
+  if (bytes.length < GO_HTTP_EVENT_SIZE) {
+    throw new RangeError(`go-http record of ${bytes.length} bytes, expected ${GO_HTTP_EVENT_SIZE}`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const methodLen = Math.min(view.getUint8(OFFSET.methodLen), GO_HTTP_METHOD_MAX);
+  const pathLen = Math.min(view.getUint16(OFFSET.pathLen, true), GO_HTTP_PATH_MAX);
+  const method = strings.get(bytes, OFFSET.method, OFFSET.method + methodLen);
+  return {
+    kind: view.getUint8(OFFSET.kind),
+    tgid: view.getUint32(OFFSET.tgid, true),
+    status: view.getUint16(OFFSET.status, true),
+    flags: view.getUint8(OFFSET.flags),
+    // Durations below 2^53 ns (104 days) are exact as numbers.
+    durationNs: Number(view.getBigUint64(OFFSET.durationNs, true)),
+    contentLength: Number(view.getBigInt64(OFFSET.contentLength, true)),
+    method: httpMethodLabel(method),
+    path: strings.get(bytes, OFFSET.path, OFFSET.path + pathLen),
+    exeIndex: view.getUint32(OFFSET.exeIndex, true),
+  };
+}
+
+/** sizeof(struct go_agg_key). */
+export const GO_AGG_KEY_SIZE = 32;
+
+/** struct go_agg_key (go_http.h). */
+export interface GoAggKey {
+  /** The path hash, as the 8 key bytes of the paths map. */
+  pathHash: Uint8Array<ArrayBuffer>;
+  tgid: number;
+  status: number;
+  kind: number;
+  flags: number;
+  method: string;
+  exeIndex: number;
+}
+
+export function decodeGoAggKey(key: Uint8Array): GoAggKey {
+  if (key.length !== GO_AGG_KEY_SIZE) {
+    throw new RangeError(`go_agg_key must be ${GO_AGG_KEY_SIZE} bytes, got ${key.length}`);
+  }
+  const view = new DataView(key.buffer, key.byteOffset, key.byteLength);
+  const flags = key[15];
+  let end = 16;
+  while (end < 24 && key[end] !== 0) end++;
+  return {
+    pathHash: key.slice(0, 8),
+    tgid: view.getUint32(8, true),
+    status: view.getUint16(12, true),
+    kind: key[14],
+    flags,
+    method: flags & GoHttpFlag.longMethod ? "_OTHER" : httpMethodLabel(strings.get(key, 16, end)),
+    exeIndex: view.getUint32(24, true),
+  };
+}
+
+/** The path in a struct go_path (value of the paths map). */
+export function decodeGoPath(value: Uint8Array): string {
+  const len = Math.min(value[0] | value[1] << 8, GO_HTTP_PATH_MAX, value.length - 8);
+  return strings.get(value, 8, 8 + len);
+}

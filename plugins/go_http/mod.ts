@@ -1,0 +1,286 @@
+/**
+ * `go-http`: Go net/http servers and clients, HTTP and HTTPS, from uprobes on net/http itself
+ * (see go_http.bpf.c for where and why). Works on stripped binaries: functions come from
+ * `.gopclntab`, struct offsets from DWARF or from the committed table keyed by Go version.
+ *
+ * Each Go server is measured by one plugin: go-http when it can serve TLS (kprobe-http cannot
+ * read HTTPS), kprobe-http otherwise, which is cheaper for plain HTTP (`servers` option,
+ * bench/results/go_http.md); go-http then `replaces` kprobe-http for that process. Go clients
+ * are always go-http's. Go programs it cannot handle (older than 1.18, without net/http,
+ * unknown version without DWARF, unreadable) are left to kprobe-http, with a log line and
+ * `redprobe_processes_skipped_total{plugin="go-http",reason}`.
+ *
+ * Duration: server, from `serverHandler.ServeHTTP` to `(*response).finishRequest` (the handler,
+ * without reading the request head and the final flush of the response); client, the whole
+ * `(*Transport).roundTrip` (connection setup, TLS handshake, request written, response head
+ * read). Request size: the request's Content-Length (0 when unknown, e.g. chunked).
+ *
+ * @module
+ */
+import { z } from "zod";
+import { type AttachSpec, definePlugin, type TargetProcess } from "../../core/plugin.ts";
+import { RouteCache } from "../../lib/route.ts";
+import bpfObject from "./go_http.bpf.o" with { type: "bytes" };
+import { fitsInKernel, histogramConstants, histogramDelta } from "../../lib/red_histogram.ts";
+import {
+  decodeGoAggKey,
+  decodeGoHttpEvent,
+  decodeGoPath,
+  GO_HTTP_KERNEL_COUNTERS,
+  type GoHttpEvent,
+  GoHttpFlag,
+  GoHttpKind,
+} from "./decode.ts";
+import { GoBinaryCache, GoBinarySkip, type GoHttpBinary, probeCookie } from "./binary.ts";
+
+const binaries = new GoBinaryCache();
+
+/** `skip_executables` compiled, per options object. */
+const skipPatterns = new WeakMap<GoHttpOptions, RegExp | undefined>();
+
+function skipped(options: GoHttpOptions, exe: string): boolean {
+  if (!skipPatterns.has(options)) {
+    skipPatterns.set(options, globsToRegExp(options.skip_executables));
+  }
+  return skipPatterns.get(options)?.test(exe) ?? false;
+}
+
+export const goHttpOptions = z.strictObject({
+  /**
+   * Executables whose every process is instrumented from its first instruction, whether or
+   * not discovery has seen it: for short-lived Go clients (load generators, CI jobs, cron)
+   * that would finish before a /proc poll notices them. Each must be a Go program go-http can
+   * instrument.
+   */
+  executables: z.array(z.string().min(1)).max(65535).default([]).superRefine((paths, ctx) => {
+    paths.forEach((path, i) => {
+      const result = binaries.analyze(path);
+      if (result instanceof GoBinarySkip) {
+        ctx.addIssue({
+          code: "custom",
+          path: [i],
+          message: `${path} cannot be instrumented: ${result.reason} (${result.message})`,
+        });
+      }
+    });
+  }),
+  /**
+   * Which Go servers go-http measures (the rest of their server traffic is kprobe-http's):
+   * `auto`, those that can serve TLS (kprobe-http cannot read HTTPS; for plain HTTP it is the
+   * cheaper of the two, see bench/results/go_http.md); `always`; `never` (HTTPS served by Go
+   * then goes unmeasured). Go clients are go-http's in every mode.
+   */
+  servers: z.enum(["auto", "always", "never"]).default("auto"),
+  /**
+   * Go executables (paths; `*` matches any run of characters) that go-http leaves entirely to
+   * kprobe-http: the per-process override.
+   */
+  skip_executables: z.array(z.string().min(1)).default([]),
+  /**
+   * Histograms kept in the kernel and read at each scrape (cheap, and nothing is lost while
+   * the agent is busy), rather than one ring-buffer record per request. Both count exactly.
+   */
+  aggregate_in_kernel: z.boolean().default(true),
+  /** Requests and calls in flight tracked at once (least recently started forgotten beyond). */
+  max_in_flight: z.number().int().min(64).max(1 << 20).default(16384),
+});
+
+export type GoHttpOptions = z.infer<typeof goHttpOptions>;
+
+const routes = new RouteCache();
+
+/** `*`-globs to one regular expression over whole paths. */
+function globsToRegExp(globs: readonly string[]): RegExp | undefined {
+  if (globs.length === 0) return undefined;
+  const alternatives = globs.map((g) =>
+    g.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")
+  );
+  return new RegExp(`^(?:${alternatives.join("|")})$`);
+}
+
+/** Identity of a file, to tell a target's executable is one of the configured ones. */
+function fileId(path: string): string | undefined {
+  try {
+    const st = Deno.statSync(path);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether go-http measures the server side of `binary` under `options.servers`. */
+export function measuresServer(binary: GoHttpBinary, options: GoHttpOptions): boolean {
+  if (!binary.server) return false;
+  if (options.servers === "always") return true;
+  return options.servers === "auto" && binary.servesTls;
+}
+
+/** The programs, each attached with one uprobe_multi link per binary (and process). */
+const PROGRAMS = [
+  "go_server_start",
+  "go_server_status",
+  "go_server_end",
+  "go_client_start",
+  "go_client_end",
+] as const;
+
+/**
+ * The probes for one analysed binary: server (when measured) then client, one `uprobe-multi`
+ * spec per program, every offset with the binary's cookie.
+ */
+export function probesFor(
+  binary: GoHttpBinary,
+  binaryPath: string,
+  cookie: bigint,
+  options: { server: boolean; pid?: number },
+): AttachSpec[] {
+  const sites: Record<typeof PROGRAMS[number], number[]> = {
+    go_server_start: [],
+    go_server_status: [],
+    go_server_end: [],
+    go_client_start: [],
+    go_client_end: [],
+  };
+  const server = options.server ? binary.server : undefined;
+  if (server) {
+    sites.go_server_start.push(server.start.fileOffset);
+    sites.go_server_status.push(server.status.fileOffset);
+    sites.go_server_end.push(server.end.fileOffset);
+    // HTTP/2 requests start in the same ServeHTTP, keyed by their *http2responseWriter.
+    if (server.http2) {
+      sites.go_server_status.push(server.http2.status.fileOffset);
+      sites.go_server_end.push(server.http2.end.fileOffset);
+    }
+  }
+  if (binary.client) {
+    sites.go_client_start.push(binary.client.start.fileOffset);
+    sites.go_client_end.push(...binary.client.returns.map((r) => r.fileOffset));
+  }
+  return PROGRAMS.filter((program) => sites[program].length > 0).map((program) => ({
+    kind: "uprobe-multi",
+    program,
+    binaryPath,
+    offsets: sites[program],
+    cookies: sites[program].map(() => cookie),
+    ...(options.pid ? { pid: options.pid } : {}),
+  }));
+}
+
+/** Executables attached for every process, by file identity (set when the plugin starts). */
+const everyProcess = new Map<string, string>();
+
+function analysisOf(target: TargetProcess): GoHttpBinary | GoBinarySkip {
+  return binaries.analyze(`/proc/${target.pid}/exe`);
+}
+
+export default definePlugin<GoHttpEvent, GoHttpOptions>({
+  id: "go-http",
+  description: "Go net/http servers and clients (HTTP and HTTPS), from uprobes",
+  bpfObject,
+  optionsSchema: goHttpOptions,
+  constants: ({ options, buckets }) => {
+    const inKernel = options.aggregate_in_kernel && fitsInKernel(buckets);
+    return { aggregate_in_kernel: inKernel, ...histogramConstants(buckets, inKernel) };
+  },
+  aggregates: {
+    map: "aggs",
+    pidOf: (key) => decodeGoAggKey(key).tgid,
+    decode(keyBytes, delta, lookup, { options, buckets }) {
+      const key = decodeGoAggKey(keyBytes);
+      const path = lookup("paths", key.pathHash);
+      if (!path) return undefined;
+      const server = key.kind === GoHttpKind.server;
+      if (!server && key.kind !== GoHttpKind.client) return undefined;
+      return {
+        kind: server ? "http_server" : "http_client",
+        pid: key.tgid,
+        method: key.method,
+        status: key.status,
+        route: routes.route(decodeGoPath(path), (key.flags & GoHttpFlag.pathTruncated) !== 0),
+        ...histogramDelta(delta, buckets),
+        exe: key.exeIndex > 0 ? options.executables[key.exeIndex - 1] : undefined,
+      };
+    },
+  },
+  maxEntries: ({ options }) => ({
+    server_starts: options.max_in_flight,
+    client_starts: options.max_in_flight,
+  }),
+  // The server side is either go-http's or kprobe-http's, never both (see `servers`).
+  uprobeMultiPrograms: PROGRAMS,
+  replaces: (target, { options }) => {
+    const result = analysisOf(target);
+    return !(result instanceof GoBinarySkip) && measuresServer(result, options)
+      ? ["kprobe-http"]
+      : [];
+  },
+  kernelCounters: GO_HTTP_KERNEL_COUNTERS,
+  attachOnce: ({ options }) => {
+    everyProcess.clear();
+    return options.executables.flatMap((path, i) => {
+      const result = binaries.analyze(path);
+      if (result instanceof GoBinarySkip) throw result; // validated with the options
+      const id = fileId(path);
+      if (id) everyProcess.set(id, path);
+      return probesFor(result, path, probeCookie(result.offsets, i + 1, true), {
+        server: measuresServer(result, options),
+      });
+    });
+  },
+  appliesTo(target, { options }) {
+    if (skipped(options, target.exe)) {
+      return { skip: "configured", detail: "plugins.go-http.skip_executables" };
+    }
+    const result = analysisOf(target);
+    if (result instanceof GoBinarySkip) {
+      return {
+        skip: result.reason,
+        detail: result.message,
+        quiet: result.reason === "not_go" || result.reason === "not_elf",
+      };
+    }
+    if (!result.client && !measuresServer(result, options)) {
+      return {
+        skip: "plain_http_server",
+        detail:
+          `no TLS server code: kprobe-http measures it (plugins.go-http.servers: ${options.servers})`,
+        quiet: true,
+      };
+    }
+    return true;
+  },
+  selectsExecutable(exe, pid, { options }) {
+    if (skipped(options, exe)) return false;
+    const path = `/proc/${pid}/exe`;
+    if (!GoBinaryCache.looksLikeGo(path)) return false;
+    const result = binaries.analyze(path);
+    return !(result instanceof GoBinarySkip) && result.client !== undefined;
+  },
+  attachForTarget(target, { options }) {
+    const result = analysisOf(target);
+    if (result instanceof GoBinarySkip) return [];
+    const path = `/proc/${target.pid}/exe`;
+    // Already probed for every process of this executable: attaching again would count twice.
+    const id = fileId(path);
+    if (id && everyProcess.has(id)) return [];
+    return probesFor(result, path, probeCookie(result.offsets), {
+      server: measuresServer(result, options),
+      pid: target.pid,
+    });
+  },
+  decode: decodeGoHttpEvent,
+  toObservation(e, { options }) {
+    const server = e.kind === GoHttpKind.server;
+    if (!server && e.kind !== GoHttpKind.client) return undefined;
+    return {
+      kind: server ? "http_server" : "http_client",
+      pid: e.tgid,
+      durationSeconds: e.durationNs / 1e9,
+      method: e.method,
+      status: (e.flags & GoHttpFlag.noResponse) ? 0 : e.status,
+      route: routes.route(e.path, (e.flags & GoHttpFlag.pathTruncated) !== 0),
+      requestSizeBytes: Math.max(0, e.contentLength),
+      exe: e.exeIndex > 0 ? options.executables[e.exeIndex - 1] : undefined,
+    };
+  },
+});

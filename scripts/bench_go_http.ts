@@ -1,0 +1,721 @@
+/**
+ * What the agent costs a Go net/http server, and what go-http costs compared with kprobe-http
+ * on the same server: in one run, alternating per round,
+ *
+ *   (a) no agent;
+ *   (b) the agent's default configuration: this server can serve TLS, so go-http measures it
+ *       (uprobes on net/http) and kprobe-http leaves it alone;
+ *   (c) the agent with `plugins.go-http.servers: never`: kprobe-http measures the same server
+ *       (what the default does for a Go server without TLS code).
+ *
+ *   deno run -A scripts/bench_go_http.ts [--rounds 5] [--seconds 10] [--connections 10]
+ *                                        [--out bench/results/go_http.md]   (--out "": stdout)
+ *
+ * Setup: the fixture server tests/fixtures/go_http/server built stripped with the machine's Go,
+ * GOMAXPROCS=1, pinned to CPU 0 (comparable to the 1-worker nginx of bench_http.ts); route
+ * `/users/1` (200, small body), keep-alive; wrk -t1 -c10 pinned to CPU 1; the agent unpinned,
+ * started fresh for every measured interval. Throughput at saturation (wrk); p99 at half of (a)'s
+ * throughput of the round (hey); agent and server CPU from /proc schedstat; the agent's BPF
+ * programs' run_cnt and run_time_ns (kernel.bpf_stats_enabled=1 for the run, then restored)
+ * per request; and, per interval, whether the agent counted exactly the requests the server
+ * says it answered (its /stats route). A benchmark: differences are reported, not asserted.
+ *
+ * @module
+ */
+import { isAbsolute, join, resolve } from "node:path";
+import { buildGoFixture, machineGoVersion } from "../tests/support/go_build.ts";
+import { analyzeGoBinary, GO_FUNCTIONS, type ProbeSite } from "../plugins/go_http/binary.ts";
+import type { Sample } from "../tests/support/prom_text.ts";
+import {
+  type Agent,
+  bpfProgramIdsOf,
+  bpfProgramStats,
+  bpfStatsEnabled,
+  commandLine,
+  cpuNs,
+  heyP99,
+  machineInfo,
+  median,
+  parseBenchArgs,
+  programStatsDelta,
+  ROOT,
+  run,
+  scrape,
+  setBpfStatsEnabled,
+  sleep,
+  snapshotWorkingTree,
+  spread,
+  startAgent,
+  writeResults,
+  wrk,
+  type WrkResult,
+} from "./lib/bench.ts";
+
+const args = parseBenchArgs({ out: "bench/results/go_http.md" });
+const OUT = args.out && (isAbsolute(args.out) ? args.out : resolve(ROOT, args.out));
+const PATH = "/users/1";
+const COMMAND = commandLine("scripts/bench_go_http.ts");
+
+type Config = "a" | "b" | "c";
+const CONFIGS: Config[] = ["a", "b", "c"];
+const LABEL: Record<Config, string> = {
+  a: "(a) no agent",
+  b: "(b) agent, default (go-http: the server can serve TLS)",
+  c: "(c) agent, go-http servers: never (kprobe-http)",
+};
+/** The plugin each configuration must instrument the server with. */
+const EXPECTED_PLUGIN: Record<Config, string | undefined> = {
+  a: undefined,
+  b: "go-http",
+  // go-http still attaches its client probes (this server can make calls); none fire here.
+  c: "go-http, kprobe-http",
+};
+
+interface GoServer {
+  pid: number;
+  port: number;
+  url: string;
+  /** How many requests for `path` the server has answered (/stats is not counted). */
+  served(path: string): Promise<number>;
+  stop(): Promise<void>;
+}
+
+async function startGoServer(binary: string): Promise<GoServer> {
+  // taskset execs the server: the child's pid is the server's.
+  const child = new Deno.Command("taskset", {
+    args: ["-c", "0", binary, "-addr", "127.0.0.1:0"],
+    env: { GOMAXPROCS: "1" },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let log = "";
+  let m: RegExpExecArray | null;
+  while (!(m = /listening 127\.0\.0\.1:(\d+)/.exec(log))) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`the Go server exited:\n${log}`);
+    log += value;
+  }
+  (async () => {
+    while (!(await reader.read()).done) { /* keep the pipe drained */ }
+  })();
+  const port = Number(m[1]);
+  return {
+    pid: child.pid,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    async served(path) {
+      const res = await fetch(`http://127.0.0.1:${port}/stats?path=${encodeURIComponent(path)}`);
+      return Number((await res.text()).trim());
+    },
+    async stop() {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
+interface ProgramRun {
+  hits: number;
+  runTimeNs: number;
+  hitsPerRequest: number;
+  /** run_time_ns / run_cnt: the program only (no trap, no single-step). */
+  nsPerHit: number;
+}
+
+interface Interval extends WrkResult {
+  /** The server's CPU time (all threads) per completed request, µs. */
+  serverCpuUsPerRequest: number;
+  agentCpuUsPerRequest?: number;
+  /** What the agent's log says it instrumented the server with. */
+  instrumentedWith?: string;
+  /** Per program name of the agent's programs. */
+  programs?: Record<string, ProgramRun>;
+  /** Requests for /users/1 the server answered during the interval (its /stats). */
+  served?: number;
+  /** http_server_duration_seconds_count of the server's target_instance, /stats excluded. */
+  counted?: number;
+  /**
+   * The agent's own counters that moved during the interval (ring buffer losses, events it
+   * dropped, its BPF programs' event counters), `name{labels}` -> increase.
+   */
+  agentCounters?: Record<string, number>;
+  /** Other processes the agent instrumented during the interval (its log): `pid exe plugins`. */
+  othersInstrumented?: string[];
+}
+
+interface Round {
+  order: Config[];
+  intervals: Record<Config, Interval>;
+  /** hey's total rate: half of (a)'s req/s in this round. */
+  heyRate: number;
+  p99Ms: Record<Config, number>;
+  /** Whether the agent also instrumented hey (a Go client) while it ran. */
+  heyInstrumented: Record<Config, boolean>;
+}
+
+const binary = await buildGoFixture("go_http/server", { stripped: true });
+const goVersion = await machineGoVersion();
+const instance = (pid: number) => `${Deno.hostname()}:${pid}`;
+const configDir = await Deno.makeTempDir({ prefix: "redprobe-bench-go-" });
+const noGoHttp = join(configDir, "no-go-http.json");
+// JSON is YAML: what the agent's --config reads.
+await Deno.writeTextFile(
+  noGoHttp,
+  JSON.stringify({ plugins: { "go-http": { servers: "never" } } }),
+);
+
+// The agent runs from a copy of the working tree taken now: the rounds measure one version of
+// the code even if the tree is edited during the run.
+const tree = await snapshotWorkingTree();
+
+const agentFor = (config: Config, serverPid: number): Promise<Agent> =>
+  startAgent({
+    until: new RegExp(`instrumenting pid ${serverPid} [^\\n]*\\n`),
+    configPath: config === "c" ? noGoHttp : undefined,
+    root: tree.dir,
+  });
+
+function instrumentedWith(agent: Agent, pid: number): string {
+  const line = new RegExp(`instrumenting pid ${pid} [^\\n]*`).exec(agent.log())?.[0] ?? "";
+  return / with (.+)$/.exec(line)?.[1] ?? (line ? "no plugin" : "not instrumented");
+}
+
+function counted(samples: Sample[], serverPid: number): number {
+  return samples
+    .filter((s) =>
+      s.name === "http_server_duration_seconds_count" &&
+      s.labels.target_instance === instance(serverPid) && s.labels.http_route !== "/stats"
+    )
+    .reduce((n, s) => n + s.value, 0);
+}
+
+const AGENT_COUNTERS = [
+  "redprobe_events_read_total",
+  "redprobe_events_lost_kernel_total",
+  "redprobe_events_dropped_total",
+  "redprobe_kernel_events_total",
+  "redprobe_series_overflow_total",
+];
+/** Counters that move with every request: not a sign of trouble. */
+const ROUTINE_COUNTERS =
+  /events_read_total|go_server_starts|go_client_starts|requests_aggregated|connections_opened/;
+
+function agentCounters(samples: Sample[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const s of samples) {
+    if (!AGENT_COUNTERS.includes(s.name)) continue;
+    const labels = Object.entries(s.labels).map(([k, v]) => `${k}="${v}"`).join(",");
+    out.set(`${s.name}{${labels}}`, s.value);
+  }
+  return out;
+}
+
+let live: { server?: GoServer; agent?: Agent } = {};
+let oldBpfStats: string | undefined;
+const onSigint = () => {
+  // Ctrl-C: put the sysctl back and stop what this started, then leave.
+  if (oldBpfStats !== undefined) {
+    Deno.writeTextFileSync("/proc/sys/kernel/bpf_stats_enabled", `${oldBpfStats}\n`);
+  }
+  for (const pid of [live.agent?.pid, live.server?.pid]) {
+    if (pid) {
+      try {
+        Deno.kill(pid, "SIGTERM");
+      } catch { /* gone */ }
+    }
+  }
+  Deno.removeSync(tree.dir, { recursive: true });
+  Deno.exit(130);
+};
+Deno.addSignalListener("SIGINT", onSigint);
+
+/** One saturated wrk interval of `config`, with everything measured around it. */
+async function measure(config: Config, server: GoServer): Promise<Interval> {
+  const agent = config === "a" ? undefined : await agentFor(config, server.pid);
+  live.agent = agent;
+  try {
+    const ids = agent ? bpfProgramIdsOf(agent.pid) : undefined;
+    const servedBefore = agent ? await server.served(PATH) : 0;
+    const samplesBefore = agent ? await scrape(agent.metricsPort) : [];
+    const progBefore = ids ? await bpfProgramStats(ids) : undefined;
+    const serverCpuBefore = cpuNs(server.pid);
+    const agentCpuBefore = agent ? cpuNs(agent.pid) : 0;
+    const logBefore = agent ? agent.log().length : 0;
+    const w = await wrk({
+      url: server.url + PATH,
+      seconds: args.seconds,
+      connections: args.connections,
+    });
+    const serverCpu = cpuNs(server.pid) - serverCpuBefore;
+    const agentCpu = agent ? cpuNs(agent.pid) - agentCpuBefore : 0;
+    const interval: Interval = { ...w, serverCpuUsPerRequest: serverCpu / 1000 / w.requests };
+    if (!agent || !ids || !progBefore) return interval;
+
+    interval.othersInstrumented = [
+      ...agent.log().slice(logBefore).matchAll(
+        /instrumenting pid (\d+) (\S+)[^\n]*?(?: with (.+))?$/gm,
+      ),
+    ].filter((m) => Number(m[1]) !== server.pid).map((m) => `${m[1]} ${m[2]} ${m[3] ?? "-"}`);
+    const delta = programStatsDelta(progBefore, await bpfProgramStats(ids));
+    interval.agentCpuUsPerRequest = agentCpu / 1000 / w.requests;
+    interval.instrumentedWith = instrumentedWith(agent, server.pid);
+    interval.programs = Object.fromEntries(
+      [...delta].sort(([x], [y]) => x.localeCompare(y)).map(([name, s]) => [name, {
+        hits: s.runCnt,
+        runTimeNs: s.runTimeNs,
+        hitsPerRequest: s.runCnt / w.requests,
+        nsPerHit: s.runCnt ? s.runTimeNs / s.runCnt : 0,
+      }]),
+    );
+    // Requests in flight when wrk stopped finish right after: give them (and the agent) up to
+    // 2 s to agree before reporting a difference.
+    let samples: Sample[] = [];
+    for (let i = 0; i < 20; i++) {
+      await sleep(100);
+      interval.served = (await server.served(PATH)) - servedBefore;
+      samples = await scrape(agent.metricsPort);
+      interval.counted = counted(samples, server.pid) - counted(samplesBefore, server.pid);
+      if (interval.served === interval.counted) break;
+    }
+    const before = agentCounters(samplesBefore);
+    interval.agentCounters = Object.fromEntries(
+      [...agentCounters(samples)]
+        .map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const)
+        .filter(([, v]) => v !== 0),
+    );
+    return interval;
+  } finally {
+    live.agent = undefined;
+    await agent?.stop();
+  }
+}
+
+/** p99 with hey at `rate` (total) under `config`; and whether the agent instrumented hey. */
+async function measureP99(
+  config: Config,
+  server: GoServer,
+  rate: number,
+): Promise<{ p99Ms: number; heyInstrumented: boolean }> {
+  const agent = config === "a" ? undefined : await agentFor(config, server.pid);
+  live.agent = agent;
+  try {
+    const p99Ms = await heyP99({
+      url: server.url + PATH,
+      seconds: args.seconds,
+      connections: args.connections,
+      rate,
+    });
+    await sleep(100);
+    const heyInstrumented = agent
+      ? /instrumenting pid \d+ \/usr\/bin\/hey[^\n]* with /.test(agent.log())
+      : false;
+    return { p99Ms, heyInstrumented };
+  } finally {
+    live.agent = undefined;
+    await agent?.stop();
+  }
+}
+
+function describeRound(r: Round): string {
+  const { a, b, c } = r.intervals;
+  const exact = (i: Interval) =>
+    `${i.counted}/${i.served}${i.counted === i.served ? "" : " DIFFERENT"}`;
+  return `${r.order.join("")}: req/s a ${a.rps.toFixed(0)}, b ${b.rps.toFixed(0)} ` +
+    `(${pct(b.rps / a.rps)}), c ${c.rps.toFixed(0)} (${pct(c.rps / a.rps)}); p99 ms ` +
+    `${r.p99Ms.a.toFixed(2)} / ${r.p99Ms.b.toFixed(2)} / ${r.p99Ms.c.toFixed(2)}; ` +
+    `counted/served b ${exact(b)}, c ${exact(c)}`;
+}
+
+const pct = (ratio: number) => `${ratio >= 1 ? "+" : ""}${((ratio - 1) * 100).toFixed(1)}%`;
+
+const rounds: Round[] = [];
+oldBpfStats = await bpfStatsEnabled();
+await setBpfStatsEnabled("1");
+const server = await startGoServer(binary);
+live.server = server;
+const started = Date.now();
+try {
+  await wrk({ url: server.url + PATH, seconds: args.seconds, connections: args.connections }); // warm-up
+  for (let r = 0; r < args.rounds; r++) {
+    // Rotate the order, so that drift on the machine spreads over the three configurations.
+    const order = [...CONFIGS.slice(r % 3), ...CONFIGS.slice(0, r % 3)];
+    const intervals = {} as Record<Config, Interval>;
+    for (const config of order) intervals[config] = await measure(config, server);
+    for (const config of ["b", "c"] as const) {
+      const i = intervals[config];
+      if (i.instrumentedWith !== EXPECTED_PLUGIN[config]) {
+        console.error(
+          `!! round ${r + 1} ${LABEL[config]}: the server was instrumented with ` +
+            `"${i.instrumentedWith}", expected "${EXPECTED_PLUGIN[config]}"`,
+        );
+      }
+      if (i.counted !== i.served) {
+        console.error(
+          `!! round ${r + 1} ${LABEL[config]}: the agent counted ${i.counted} requests, ` +
+            `the server answered ${i.served}; agent counters: ` +
+            JSON.stringify(
+              Object.fromEntries(
+                Object.entries(i.agentCounters ?? {}).filter(([k]) => !ROUTINE_COUNTERS.test(k)),
+              ),
+            ) + `; also instrumented meanwhile: ${JSON.stringify(i.othersInstrumented)}`,
+        );
+      }
+    }
+    const heyRate = Math.round(intervals.a.rps / 2);
+    const p99Ms = {} as Record<Config, number>;
+    const heyInstrumented = {} as Record<Config, boolean>;
+    for (const config of order) {
+      const p = await measureP99(config, server, heyRate);
+      p99Ms[config] = p.p99Ms;
+      heyInstrumented[config] = p.heyInstrumented;
+    }
+    const round: Round = { order, intervals, heyRate, p99Ms, heyInstrumented };
+    rounds.push(round);
+    console.error(`round ${r + 1} ${describeRound(round)}`);
+  }
+} finally {
+  live.server = undefined;
+  await server.stop();
+  await setBpfStatsEnabled(oldBpfStats);
+  oldBpfStats = undefined;
+  Deno.removeSignalListener("SIGINT", onSigint);
+  live = {};
+  await Deno.remove(configDir, { recursive: true });
+  await tree.remove();
+}
+const elapsedSeconds = Math.round((Date.now() - started) / 1000);
+
+// ---- Summary ---------------------------------------------------------------------------------
+
+const stat = (xs: number[]) => ({ median: median(xs), ...spread(xs) });
+type Stat = ReturnType<typeof stat>;
+const of = (config: Config, f: (i: Interval) => number) =>
+  rounds.map((r) => f(r.intervals[config]));
+
+const ratio = (config: Config) => rounds.map((r) => r.intervals[config].rps / r.intervals.a.rps);
+const programNames = (config: Config) =>
+  [...new Set(rounds.flatMap((r) => Object.keys(r.intervals[config].programs ?? {})))].sort();
+const programSummary = (config: Config) =>
+  Object.fromEntries(
+    programNames(config).map((name) => {
+      const runs = rounds.map((r) => r.intervals[config].programs?.[name])
+        .filter((p): p is ProgramRun => p !== undefined);
+      return [name, {
+        hitsPerRequest: stat(runs.map((p) => p.hitsPerRequest)),
+        // Programs that did not run (the client probes of a server) have no time per hit.
+        nsPerHit: stat(runs.filter((p) => p.hits > 0).map((p) => p.nsPerHit)),
+        nsPerRequest: stat(runs.map((p) => p.hitsPerRequest * p.nsPerHit)),
+      }];
+    }),
+  );
+const bpfNsPerRequest = (config: Config, names?: string[]) =>
+  rounds.map((r) =>
+    Object.entries(r.intervals[config].programs ?? {})
+      .filter(([name]) => !names || names.includes(name))
+      .reduce((n, [, p]) => n + p.hitsPerRequest * p.nsPerHit, 0)
+  );
+const UPROBES = [
+  "go_server_start",
+  "go_server_status",
+  "go_server_end",
+  "go_client_start",
+  "go_client_end",
+];
+
+const summary = {
+  rps: Object.fromEntries(CONFIGS.map((c) => [c, stat(of(c, (i) => i.rps))])),
+  throughputChangePct: {
+    b: stat(ratio("b").map((x) => (x - 1) * 100)),
+    c: stat(ratio("c").map((x) => (x - 1) * 100)),
+  },
+  throughputChangePerRoundPct: {
+    b: ratio("b").map((x) => +((x - 1) * 100).toFixed(2)),
+    c: ratio("c").map((x) => +((x - 1) * 100).toFixed(2)),
+  },
+  p99Ms: Object.fromEntries(CONFIGS.map((c) => [c, stat(rounds.map((r) => r.p99Ms[c]))])),
+  p99AddedMs: {
+    b: stat(rounds.map((r) => r.p99Ms.b - r.p99Ms.a)),
+    c: stat(rounds.map((r) => r.p99Ms.c - r.p99Ms.a)),
+  },
+  serverCpuUsPerRequest: Object.fromEntries(
+    CONFIGS.map((c) => [c, stat(of(c, (i) => i.serverCpuUsPerRequest))]),
+  ),
+  serverCpuAddedUsPerRequest: {
+    b: stat(
+      rounds.map((r) => r.intervals.b.serverCpuUsPerRequest - r.intervals.a.serverCpuUsPerRequest),
+    ),
+    c: stat(
+      rounds.map((r) => r.intervals.c.serverCpuUsPerRequest - r.intervals.a.serverCpuUsPerRequest),
+    ),
+  },
+  agentCpuUsPerRequest: {
+    b: stat(of("b", (i) => i.agentCpuUsPerRequest ?? 0)),
+    c: stat(of("c", (i) => i.agentCpuUsPerRequest ?? 0)),
+  },
+  programs: { b: programSummary("b"), c: programSummary("c") },
+  bpfNsPerRequest: {
+    b: stat(bpfNsPerRequest("b")),
+    bUprobes: stat(bpfNsPerRequest("b", UPROBES)),
+    c: stat(bpfNsPerRequest("c")),
+  },
+  exact: {
+    b: rounds.map((r) => r.intervals.b.counted === r.intervals.b.served),
+    c: rounds.map((r) => r.intervals.c.counted === r.intervals.c.served),
+  },
+};
+
+// The uprobe sites go-http puts in this binary, and how the kernel handles each.
+const analysis = analyzeGoBinary(Deno.readFileSync(binary));
+const sitesOf: Record<string, { fn: string; sites: ProbeSite[] }[]> = {
+  go_server_start: [{ fn: GO_FUNCTIONS.serverStart, sites: [analysis.server!.start] }],
+  go_server_status: [
+    { fn: GO_FUNCTIONS.serverStatus, sites: [analysis.server!.status] },
+    ...(analysis.server?.http2
+      ? [{ fn: GO_FUNCTIONS.http2Status, sites: [analysis.server.http2.status] }]
+      : []),
+  ],
+  go_server_end: [
+    { fn: GO_FUNCTIONS.serverEnd, sites: [analysis.server!.end] },
+    ...(analysis.server?.http2
+      ? [{ fn: GO_FUNCTIONS.http2End, sites: [analysis.server.http2.end] }]
+      : []),
+  ],
+  ...(analysis.client
+    ? {
+      go_client_start: [{ fn: GO_FUNCTIONS.clientRoundTrip, sites: [analysis.client.start] }],
+      go_client_end: [{
+        fn: `${GO_FUNCTIONS.clientRoundTrip} (each RET)`,
+        sites: analysis.client.returns,
+      }],
+    }
+    : {}),
+};
+const siteKinds = (sites: ProbeSite[]) => {
+  const emulated = sites.filter((s) => s.emulated).length;
+  const stepped = sites.length - emulated;
+  return [emulated ? `${emulated} emulated` : "", stepped ? `${stepped} single-stepped` : ""]
+    .filter(Boolean).join(", ");
+};
+
+// ---- Report ----------------------------------------------------------------------------------
+
+const machine = machineInfo();
+const commit = (await run("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"])).trim() +
+  ((await run("git", ["-C", ROOT, "status", "--porcelain"])).trim()
+    ? " + uncommitted changes"
+    : "");
+const f = (x: number, digits = 2) => x.toFixed(digits);
+const range = (s: Stat, digits = 2, unit = "") =>
+  Number.isNaN(s.median)
+    ? "–"
+    : `${f(s.median, digits)}${unit} (${f(s.min, digits)} … ${f(s.max, digits)})`;
+const signed = (x: number, digits = 1) => `${x >= 0 ? "+" : ""}${x.toFixed(digits)}`;
+const srange = (s: Stat, digits = 1, unit = "%") =>
+  `${signed(s.median, digits)}${unit} (${signed(s.min, digits)} … ${signed(s.max, digits)})`;
+const exactCell = (i: Interval) =>
+  `${i.counted} / ${i.served} ${i.counted === i.served ? "equal" : "**DIFFERENT**"}`;
+const troubleCell = (i: Interval) =>
+  [
+    ...Object.entries(i.agentCounters ?? {}).filter(([k]) => !ROUTINE_COUNTERS.test(k))
+      .map(([k, v]) => `\`${k.replace(/^redprobe_/, "")}\` +${v}`),
+    ...(i.othersInstrumented?.length
+      ? [`also instrumented meanwhile: ${i.othersInstrumented.map((o) => `\`${o}\``).join(", ")}`]
+      : []),
+  ].join("<br>") || "none";
+const wrkErrors = rounds.flatMap((r, n) =>
+  CONFIGS.filter((c) => r.intervals[c].non2xx || r.intervals[c].socketErrors).map((c) =>
+    `round ${n + 1} ${c}: ${r.intervals[c].non2xx} non-2xx, ` +
+    `${r.intervals[c].socketErrors} socket errors`
+  )
+);
+const programRows = (config: "b" | "c") =>
+  Object.entries(summary.programs[config]).map(([name, p]) =>
+    `| ${config} | \`${name}\` | ${range(p.hitsPerRequest, 3)} | ${range(p.nsPerHit, 0)} | ` +
+    `${range(p.nsPerRequest, 0)} |`
+  );
+const bAdded = summary.serverCpuAddedUsPerRequest.b.median;
+const bUprobeHits = UPROBES.reduce(
+  (n, name) => n + (summary.programs.b[name]?.hitsPerRequest.median ?? 0),
+  0,
+);
+const outsidePrograms = bAdded * 1000 - summary.bpfNsPerRequest.bUprobes.median;
+
+const md = [
+  `# Go net/http server with and without redprobe (go-http vs kprobe-http)`,
+  ``,
+  `Command: \`${COMMAND}\`  `,
+  `Machine: ${machine.hostname}, ${machine.nproc} CPUs (nproc), ${machine.cpuModel}, ` +
+  `Linux ${machine.kernel}; ${machine.date}; ${args.rounds} rounds of ${args.seconds} s, ` +
+  `${(elapsedSeconds / 60).toFixed(1)} min in all.  `,
+  `Code: ${commit}; the agent ran from a copy of the working tree taken at the start ` +
+  `(${tree.files} files, digest ${tree.digest}), so every interval measured the same code.  `,
+  `Server: tests/fixtures/go_http/server built stripped (\`-ldflags "-s -w"\`) with ` +
+  `${goVersion}, GOMAXPROCS=1, pinned to CPU 0; route \`${PATH}\` (200, 7-byte body), ` +
+  `keep-alive. Load: \`wrk -t1 -c${args.connections} -d${args.seconds}s\` pinned to CPU 1. The ` +
+  `agent unpinned, started fresh for each measured interval (main.ts, \`deno run -A\`), ` +
+  `measured once it logs \`instrumenting pid <server>\` and 1 s more.  `,
+  `Configurations, alternated in each round (the order rotates from round to round): ` +
+  `**(a)** no agent; **(b)** the agent's default configuration: this server has TLS server ` +
+  `code, so go-http instruments it (\`servers: auto\`) and kprobe-http leaves it alone; ` +
+  `**(c)** the agent with \`plugins: { go-http: { servers: never } }\` (\`--config\`): ` +
+  `kprobe-http measures the server, which is what the default does for a Go server without ` +
+  `TLS server code.`,
+  ``,
+  `These machines are noisy (other work shares the host): read the medians of the per-round ` +
+  `ratios, with their spread (min … max over the rounds), not single values.`,
+  ``,
+  `## Throughput at saturation (wrk)`,
+  ``,
+  `| round | order | (a) req/s | (b) req/s | (b) vs (a) | (c) req/s | (c) vs (a) | ` +
+  `server CPU µs/req (a) | (b) | (c) | agent CPU µs/req (b) | (c) |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|---|`,
+  ...rounds.map((r, n) => {
+    const { a, b, c } = r.intervals;
+    return `| ${n + 1} | ${r.order.join(" ")} | ${f(a.rps, 0)} | ${f(b.rps, 0)} | ` +
+      `${pct(b.rps / a.rps)} | ${f(c.rps, 0)} | ${pct(c.rps / a.rps)} | ` +
+      `${f(a.serverCpuUsPerRequest)} | ${f(b.serverCpuUsPerRequest)} | ` +
+      `${f(c.serverCpuUsPerRequest)} | ${f(b.agentCpuUsPerRequest ?? 0)} | ` +
+      `${f(c.agentCpuUsPerRequest ?? 0)} |`;
+  }),
+  ``,
+  `Median (min … max) over the rounds:`,
+  ``,
+  `- req/s: (a) ${range(summary.rps.a, 0)}, (b) ${range(summary.rps.b, 0)}, ` +
+  `(c) ${range(summary.rps.c, 0)}.`,
+  `- **Throughput vs (a): (b) go-http ${srange(summary.throughputChangePct.b)}; ` +
+  `(c) kprobe-http ${srange(summary.throughputChangePct.c)}.**`,
+  `- Server CPU per request (all its threads, schedstat): (a) ` +
+  `${range(summary.serverCpuUsPerRequest.a)} µs, (b) ${range(summary.serverCpuUsPerRequest.b)}` +
+  ` µs, (c) ${range(summary.serverCpuUsPerRequest.c)} µs; added vs (a) in the same round: ` +
+  `(b) ${srange(summary.serverCpuAddedUsPerRequest.b, 2, " µs")}, ` +
+  `(c) ${srange(summary.serverCpuAddedUsPerRequest.c, 2, " µs")}.`,
+  `- Agent CPU per request: (b) ${range(summary.agentCpuUsPerRequest.b)} µs, ` +
+  `(c) ${range(summary.agentCpuUsPerRequest.c)} µs.`,
+  ...(wrkErrors.length ? [`- wrk reported errors: ${wrkErrors.join("; ")}.`] : []),
+  ``,
+  `## p99 latency at a fixed rate (hey)`,
+  ``,
+  `\`hey -z ${args.seconds}s -c ${args.connections} -q <rate/${args.connections}>\` pinned to ` +
+  `CPU 1, at half of (a)'s throughput in the same round.`,
+  ``,
+  `| round | rate req/s | p99 ms (a) | (b) | (c) | hey instrumented by the agent (b) |`,
+  `|---|---|---|---|---|---|`,
+  ...rounds.map((r, n) =>
+    `| ${n + 1} | ${r.heyRate} | ${f(r.p99Ms.a)} | ${f(r.p99Ms.b)} | ${f(r.p99Ms.c)} | ` +
+    `${r.heyInstrumented.b ? "yes" : "no"} |`
+  ),
+  ``,
+  `Median (min … max): p99 (a) ${range(summary.p99Ms.a, 2, " ms")}, ` +
+  `(b) ${range(summary.p99Ms.b, 2, " ms")}, (c) ${range(summary.p99Ms.c, 2, " ms")}; ` +
+  `added vs (a): **(b) ${srange(summary.p99AddedMs.b, 2, " ms")}, ` +
+  `(c) ${srange(summary.p99AddedMs.c, 2, " ms")}**.`,
+  ...(rounds.some((r) => r.heyInstrumented.b)
+    ? [
+      ``,
+      `In (b) the default configuration also instruments hey itself (a Go net/http client: ` +
+      `go-http selects Go clients by executable), from the first discovery poll after it ` +
+      `starts: its round trips then carry the client probes (one emulated entry hit, one ` +
+      `single-stepped return hit), which hey's latencies include.`,
+    ]
+    : []),
+  ``,
+  `## Probe hits per request (kernel.bpf_stats_enabled=1)`,
+  ``,
+  `The agent's programs (the prog ids its fds hold), \`bpftool prog show -j\` before and after ` +
+  `each wrk interval, run_cnt and run_time_ns summed per program name, divided by the ` +
+  `requests wrk completed. Median (min … max) over the rounds.`,
+  ``,
+  `| config | program | hits per request | ns per hit | ns per request |`,
+  `|---|---|---|---|---|`,
+  ...programRows("b"),
+  ...programRows("c"),
+  ``,
+  `Program time per request: (b) ${range(summary.bpfNsPerRequest.b, 0, " ns")}, of which ` +
+  `the uprobes ${range(summary.bpfNsPerRequest.bUprobes, 0, " ns")}; ` +
+  `(c) ${range(summary.bpfNsPerRequest.c, 0, " ns")}.`,
+  ``,
+  `- **run_time_ns counts only the BPF program's own run time.** A uprobe hit also costs the ` +
+  `breakpoint trap, the uprobe lookup and then either the emulation of the probed ` +
+  `instruction (cheap) or its single-step out of line (a second trap: much more expensive). ` +
+  `None of that is in run_time_ns. Where it shows is the server's CPU per request: (b) added ` +
+  `${f(bAdded)} µs per request in the median round, of which the uprobe programs account for ` +
+  `${f(summary.bpfNsPerRequest.bUprobes.median / 1000)} µs; the rest, ` +
+  `~${f(outsidePrograms / 1000)} µs (~${f(bUprobeHits ? outsidePrograms / bUprobeHits : 0, 0)} ` +
+  `ns per uprobe hit), is the uprobe machinery, the tracepoint programs' share in the ` +
+  `server's syscalls, and noise.`,
+  `- The sites go-http probes in this binary (from plugins/go_http/binary.ts), and how the ` +
+  `kernel handles the instruction there:`,
+  ``,
+  `| program | function | sites |`,
+  `|---|---|---|`,
+  ...Object.entries(sitesOf).flatMap(([program, fns]) =>
+    fns.map(({ fn, sites }) =>
+      `| \`${program}\` | \`${fn}\` | ${sites.length}: ${siteKinds(sites)} at ` +
+      `${sites.map((s) => `0x${s.address.toString(16)}`).join(", ")} |`
+    )
+  ),
+  ``,
+  `- An HTTP/1 request to \`${PATH}\` hits the three server entries once each ` +
+  `(\`WriteHeader\` is called by the first write when the handler does not call it).`,
+  `- The kprobe-http programs (\`on_sock_*\`, tracepoints) are loaded in (b) as well and run ` +
+  `for every socket send and receive on the machine, wrk's included; in (b) they leave the Go ` +
+  `server's traffic at their first filter. Their hits count both sides of the connection.`,
+  `- bpf_stats accounting itself adds some tens of ns per program run; it is on for (a), ` +
+  `(b) and (c) alike during the whole run.`,
+  ``,
+  `## Exactness: counted by the agent vs answered by the server`,
+  ``,
+  `After each (b) and (c) interval: the sum of \`http_server_duration_seconds_count\` for ` +
+  `\`target_instance="<host>:<server pid>"\` (route \`/stats\` excluded) against the server's ` +
+  `own count (\`/stats?path=${PATH}\`, which does not count itself), both as differences ` +
+  `over the interval. Reported, not asserted.`,
+  ``,
+  `| round | (b) instrumented with | (b) counted / served | (b) agent's trouble counters, other processes | ` +
+  `(c) instrumented with | (c) counted / served | (c) agent's trouble counters, other processes |`,
+  `|---|---|---|---|---|---|---|`,
+  ...rounds.map((r, n) =>
+    `| ${n + 1} | ${r.intervals.b.instrumentedWith} | ${exactCell(r.intervals.b)} | ` +
+    `${troubleCell(r.intervals.b)} | ${r.intervals.c.instrumentedWith} | ` +
+    `${exactCell(r.intervals.c)} | ${troubleCell(r.intervals.c)} |`
+  ),
+  ``,
+  `Trouble counters: the agent's \`redprobe_events_lost_kernel_total\` (ring buffer full), ` +
+  `\`redprobe_events_dropped_total\`, \`redprobe_series_overflow_total\` and ` +
+  `\`redprobe_kernel_events_total\` (unpaired ends, full tables, evictions, ...) that increased ` +
+  `during the interval; the routine ones (starts, records read, requests aggregated, ` +
+  `connections opened) are in the JSON. "Also instrumented meanwhile": processes (pid, ` +
+  `executable, plugins) the agent started instrumenting during the interval, from its log: ` +
+  `other work on the host.`,
+  ``,
+  summary.exact.b.every(Boolean) && summary.exact.c.every(Boolean)
+    ? `Every interval: counted = served.`
+    : `**Counted and served DIFFER** in ${summary.exact.b.filter((x) => !x).length} (b) and ` +
+      `${summary.exact.c.filter((x) => !x).length} (c) intervals.`,
+  ``,
+].join("\n");
+
+console.log(md);
+if (OUT) {
+  await writeResults(OUT, md, {
+    command: COMMAND,
+    machine,
+    commit,
+    tree: { files: tree.files, digest: tree.digest },
+    goVersion,
+    rounds: args.rounds,
+    seconds: args.seconds,
+    connections: args.connections,
+    path: PATH,
+    elapsedSeconds,
+    summary,
+    sites: sitesOf,
+    perRound: rounds,
+  });
+  // As `deno fmt --check` (deno task ok) wants them.
+  await new Deno.Command(Deno.execPath(), {
+    args: ["fmt", "--quiet", OUT, OUT.replace(/\.md$/, ".json")],
+    cwd: ROOT,
+  }).output();
+  console.error(`written: ${OUT} and ${OUT.replace(/\.md$/, ".json")}`);
+}
