@@ -3,6 +3,10 @@
  * What every redprobe BPF object shares with the core, by convention:
  *
  *   targets   array of u64: a bitmap of instrumented tgids    the core sets and clears the bits
+ *   excluded  array of u64: a bitmap of tgids another plugin   the core, when a plugin replaces
+ *             measures instead (the client side here)          this one for a process
+ *   excluded_exes  hash {dev, ino}: executables likewise,      the core, at start
+ *             for processes the core has not seen yet
  *   events    ringbuf                                      one fixed-layout record per observation
  *   stats     percpu array of u64                          index 0: records lost (ring full);
  *                                                          other indices are the plugin's own
@@ -37,6 +41,28 @@ struct {
 	__type(value, __u64);
 } targets SEC(".maps");
 
+/* Same layout and sizing as targets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 512);
+	__type(key, __u32);
+	__type(value, __u64);
+} excluded SEC(".maps");
+
+/* An executable by its file: the kernel's s_dev of its filesystem and its inode number. */
+struct redprobe_file_id {
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct redprobe_file_id);
+	__type(value, __u8);
+} excluded_exes SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20);
@@ -70,6 +96,36 @@ static __always_inline bool redprobe_is_target(void)
 	__u32 word = tgid / 64;
 	__u64 *bits = bpf_map_lookup_elem(&targets, &word);
 	return bits && (*bits & (1ULL << (tgid % 64)));
+}
+
+/* Whether another plugin measures process `tgid` instead (see excluded). */
+static __always_inline bool redprobe_is_excluded(__u32 tgid)
+{
+	__u32 word = tgid / 64;
+	__u64 *bits = bpf_map_lookup_elem(&excluded, &word);
+	return bits && (*bits & (1ULL << (tgid % 64)));
+}
+
+/*
+ * Whether the current process runs an executable another plugin measures (excluded_exes).
+ * Walks task->mm->exe_file with BTF: only for tp_btf/fentry-style programs, and only where it
+ * is rare (a connection's first request), since it is a hash lookup.
+ */
+static __always_inline bool redprobe_exe_is_excluded(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct mm_struct *mm = task->mm;
+	if (!mm)
+		return false;
+	struct file *exe = mm->exe_file;
+	if (!exe)
+		return false;
+	struct inode *inode = exe->f_inode;
+	struct redprobe_file_id id = {
+		.ino = inode->i_ino,
+		.dev = inode->i_sb->s_dev,
+	};
+	return bpf_map_lookup_elem(&excluded_exes, &id) != NULL;
 }
 
 /* Reserves a record; counts a loss when the ring is full. */

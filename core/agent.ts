@@ -162,6 +162,21 @@ export class Agent implements AsyncDisposable {
         log.error(`plugin ${plugin.id} cannot start: ${(e as Error).message}${hint}`);
       }
     }
+    // Executables a plugin measures in every process: the plugins it replaces there leave them.
+    for (const host of this.#hosts) {
+      for (const [spec, paths] of Object.entries(host.replacesOnExecutables())) {
+        const other = this.#hosts.find((h) => h.plugin.id === spec.split("/")[0]);
+        for (const path of paths) {
+          try {
+            other?.excludeClientsOfExecutable(path);
+          } catch (e) {
+            log.warn(
+              `${host.plugin.id}: cannot exclude ${path} from ${spec}: ${(e as Error).message}`,
+            );
+          }
+        }
+      }
+    }
     if (this.#hosts.length === 0) {
       throw new AgentStartError(
         failures.length
@@ -240,10 +255,18 @@ export class Agent implements AsyncDisposable {
     const others = applicable.filter((h) => !h.mayReplace);
     const taken: string[] = [];
     const replaced = new Set<string>();
+    const clientsReplaced = new Set<string>();
     for (const host of replacing) {
       if (!host.add(target)) continue;
       taken.push(host.plugin.id);
-      for (const id of host.replacesFor(target)) replaced.add(id);
+      for (const spec of host.replacesFor(target)) {
+        const [id, scope] = spec.split("/");
+        (scope === "clients" ? clientsReplaced : replaced).add(id);
+      }
+    }
+    for (const host of this.#hosts) {
+      const id = host.plugin.id;
+      if (replaced.has(id) || clientsReplaced.has(id)) host.excludeClients(target.pid);
     }
     for (const host of others) {
       if (!replaced.has(host.plugin.id) && host.add(target)) taken.push(host.plugin.id);

@@ -117,7 +117,12 @@ Deno.test("main() --print-config prints the effective configuration as JSON", as
   assert.equal(config.log_level, "info");
   assert.equal(config.discovery.poll_interval, 500);
   assert.deepEqual(config.plugins, {
-    "kprobe-http": { request_timeout: 30_000, max_connections: 16384, aggregate_in_kernel: true },
+    "kprobe-http": {
+      request_timeout: 30_000,
+      max_connections: 16384,
+      aggregate_in_kernel: true,
+      clients: "every_process",
+    },
     "go-http": {
       executables: [],
       servers: "auto",

@@ -87,8 +87,12 @@ Deno.test("loadConfig() with no file gives the values config/default.yaml states
     request_timeout: parseDurationMs(http.request_timeout),
     max_connections: http.max_connections,
     aggregate_in_kernel: http.aggregate_in_kernel,
+    clients: http.clients,
   });
   assert.equal(config.plugins.get("kprobe-http")?.plugin, BUILTIN_PLUGINS[0]);
+  const go = file.plugins["go-http"];
+  const { enabled: _, ...goOptions } = go;
+  assert.deepEqual(config.plugins.get("go-http")?.options, goOptions);
 });
 
 Deno.test("loadConfig() defaults are the ones the agent documents", () => {
@@ -142,6 +146,7 @@ Deno.test("a user file overrides one plugin option and keeps the other", () => {
     request_timeout: 5000,
     max_connections: 16384,
     aggregate_in_kernel: true,
+    clients: "every_process",
   });
 });
 
@@ -207,6 +212,7 @@ Deno.test("a plugin given as null is enabled with its default options", () => {
     request_timeout: 30_000,
     max_connections: 16384,
     aggregate_in_kernel: true,
+    clients: "every_process",
   });
   assert.deepEqual(config.plugins.get("opt-proto")?.options, { depth: 3 });
 });

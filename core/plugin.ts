@@ -177,14 +177,21 @@ export interface PluginDefinition<E = unknown, O = Record<string, unknown>> {
     ctx: PluginContext<O>,
   ) => boolean | { skip: string; detail?: string; quiet?: boolean };
   /**
-   * Ids of plugins this one stands in for on the targets it instruments: when it attaches to a
-   * process, those plugins leave that process alone (go-http measures a Go server's HTTP itself,
-   * so kprobe-http must not count it again). A function decides per process (called after a
-   * successful attach).
+   * Plugins this one stands in for on the targets it instruments: when it attaches to a
+   * process, `"<id>"` leaves that process alone entirely (go-http measures a Go server's HTTP
+   * itself, so kprobe-http must not count it again) and `"<id>/clients"` leaves it only that
+   * process's client connections (the core sets the plugin's `excluded` bit). A function
+   * decides per process (called after a successful attach).
    */
   replaces?:
     | readonly string[]
     | ((target: TargetProcess, ctx: PluginContext<O>) => readonly string[]);
+  /**
+   * Like `replaces`, for every process of these executables, including those discovery has
+   * not seen yet (the core fills the replaced plugin's `excluded_exes` map at start):
+   * `{ "kprobe-http/clients": ["/usr/bin/hey"] }`.
+   */
+  replacesOnExecutables?: (ctx: PluginContext<O>) => Record<string, readonly string[]>;
   /**
    * Processes running an executable for which this returns true are targets even when they do
    * not listen on a TCP port (HTTP clients). Called once per new process; keep it cheap (cache).
@@ -269,6 +276,7 @@ const pluginSchema = z.object({
   }).optional(),
   appliesTo: z.function().optional(),
   replaces: z.union([z.array(z.string()), z.function()]).optional(),
+  replacesOnExecutables: z.function().optional(),
   selectsExecutable: z.function().optional(),
   attachForTarget: z.function().optional(),
   kernelCounters: z.array(z.string().regex(/^[a-z][a-z0-9_]*$/)).optional(),

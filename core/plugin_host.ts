@@ -50,6 +50,16 @@ export interface PluginHostStats {
   ringFill(): number;
 }
 
+/**
+ * A device number as the kernel keeps it in a superblock (`MKDEV`: major << 20 | minor) from
+ * the one stat() gives (glibc's encoding: minor's low 8 bits, major's 12, minor's high 12).
+ */
+export function kernelDev(dev: number): number {
+  const major = Math.floor(dev / 256) & 0xfff;
+  const minor = (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00);
+  return ((major << 20) | minor) >>> 0;
+}
+
 /** Whether process `pid` still exists. */
 function alive(pid: number): boolean {
   try {
@@ -79,6 +89,8 @@ export class PluginHost implements AsyncDisposable {
   /** Detaches under way (see #detachInBackground). */
   readonly #detaching = new Set<Promise<void>>();
   readonly #targets: BpfMap;
+  /** Pids whose client side another plugin measures (the `excluded` bitmap). */
+  readonly #excluded = new Set<number>();
   readonly #stats: BpfMap;
   readonly #reader: RingBufferReader;
   /** Cumulative counters of each aggregate key at the last read (by key hex). */
@@ -107,7 +119,9 @@ export class PluginHost implements AsyncDisposable {
     try {
       const constants = plugin.constants?.(ctx) ?? {};
       this.#object.setConstants(constants);
-      this.#object.setMaxEntries("targets", Math.ceil((readPidMax() + 1) / 64));
+      const bitmapWords = Math.ceil((readPidMax() + 1) / 64);
+      this.#object.setMaxEntries("targets", bitmapWords);
+      if (this.#object.hasMap("excluded")) this.#object.setMaxEntries("excluded", bitmapWords);
       for (const name of plugin.uprobeMultiPrograms ?? []) {
         this.#object.program(name).prepareForUprobeMulti();
       }
@@ -175,6 +189,32 @@ export class PluginHost implements AsyncDisposable {
     }
   }
 
+  /**
+   * Another plugin measures `pid`'s client connections: this plugin's BPF must leave them
+   * (objects without an `excluded` map ignore this). Undone by remove(pid).
+   */
+  excludeClients(pid: number): void {
+    if (this.#closed || this.#excluded.has(pid) || !this.#object.hasMap("excluded")) return;
+    this.#excluded.add(pid);
+    this.#setBit("excluded", pid, true);
+  }
+
+  /** Likewise for every process running the executable at `path` (excluded_exes map). */
+  excludeClientsOfExecutable(path: string): void {
+    if (this.#closed || !this.#object.hasMap("excluded_exes")) return;
+    const st = Deno.statSync(path);
+    const key = new Uint8Array(16);
+    const view = new DataView(key.buffer);
+    view.setBigUint64(0, BigInt(st.ino ?? 0), true);
+    view.setUint32(8, kernelDev(st.dev), true);
+    this.#object.map("excluded_exes").update(key, new Uint8Array([1]));
+  }
+
+  /** The `replacesOnExecutables` declarations of this plugin. */
+  replacesOnExecutables(): Record<string, readonly string[]> {
+    return this.plugin.replacesOnExecutables?.(this.#ctx) ?? {};
+  }
+
   /** Whether this plugin may stand in for others (it declares `replaces`). */
   get mayReplace(): boolean {
     return this.plugin.replaces !== undefined;
@@ -222,7 +262,7 @@ export class PluginHost implements AsyncDisposable {
           throw e;
         }
       }
-      this.#setTargetBit(target.pid, true);
+      this.#setBit("targets", target.pid, true);
     } catch (e) {
       for (const link of links) link.destroy();
       const reason = e instanceof BpfError ? e.code : "error";
@@ -242,12 +282,13 @@ export class PluginHost implements AsyncDisposable {
   /** Stops instrumenting `pid` (it exited): links closed, its bit cleared, its aggregates read
    * a last time and deleted. */
   remove(pid: number): void {
+    if (this.#excluded.delete(pid) && !this.#closed) this.#setBit("excluded", pid, false);
     const links = this.#targetLinks.get(pid);
     if (!links) return;
     if (!this.#closed) this.#readAggregates(pid);
     this.#targetLinks.delete(pid);
     this.stats.instrumented = this.#targetLinks.size;
-    if (!this.#closed) this.#setTargetBit(pid, false);
+    if (!this.#closed) this.#setBit("targets", pid, false);
     for (const link of links) this.#detachInBackground(link, `for pid ${pid}`);
   }
 
@@ -335,15 +376,16 @@ export class PluginHost implements AsyncDisposable {
     }
   }
 
-  #setTargetBit(pid: number, on: boolean): void {
+  #setBit(map: "targets" | "excluded", pid: number, on: boolean): void {
+    const bitmap = map === "targets" ? this.#targets : this.#object.map(map);
     const key = new Uint8Array(4);
     new DataView(key.buffer).setUint32(0, Math.floor(pid / 64), true);
-    const word = this.#targets.lookup(key) ?? new Uint8Array(8);
+    const word = bitmap.lookup(key) ?? new Uint8Array(8);
     const view = new DataView(word.buffer);
     const bit = 1n << BigInt(pid % 64);
     const bits = view.getBigUint64(0, true);
     view.setBigUint64(0, on ? bits | bit : bits & ~bit, true);
-    this.#targets.update(key, word);
+    bitmap.update(key, word);
   }
 
   #onRecord(record: Uint8Array): void {

@@ -1,3 +1,4 @@
+import { kernelDev } from "./plugin_host.ts";
 import assert from "node:assert/strict";
 import { z } from "zod";
 import { type AnyPlugin, definePlugin, PluginDefinitionError, validatePlugin } from "./plugin.ts";
@@ -150,4 +151,13 @@ Deno.test("validatePlugin() rejects what is not an object", () => {
   for (const plugin of [undefined, null, 42, "kprobe-http"]) {
     assert.throws(() => validatePlugin(plugin), PluginDefinitionError, String(plugin));
   }
+});
+
+Deno.test("kernelDev() turns stat()'s device number into the kernel's s_dev", () => {
+  assert.equal(kernelDev(0x0801), (8 << 20) | 1); // sda1
+  assert.equal(kernelDev(0), 0);
+  // A minor above 255 (glibc keeps its high bits above the major).
+  const glibc = (major: number, minor: number) =>
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12);
+  assert.equal(kernelDev(glibc(259, 70000)), ((259 << 20) | 70000) >>> 0);
 });

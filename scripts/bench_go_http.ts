@@ -3,7 +3,8 @@
  * on the same server: in one run, alternating per round,
  *
  *   (a) no agent;
- *   (b) the agent's default configuration: this server can serve TLS, so go-http measures it
+ *   (b) the agent's default configuration (but for kprobe-http's `clients: targets`, so that
+ *       wrk is not measured too): this server can serve TLS, so go-http measures it
  *       (uprobes on net/http) and kprobe-http leaves it alone;
  *   (c) the agent with `plugins.go-http.servers: never`: kprobe-http measures the same server
  *       (what the default does for a Go server without TLS code).
@@ -159,11 +160,17 @@ const goVersion = await machineGoVersion();
 const instance = (pid: number) => `${Deno.hostname()}:${pid}`;
 const configDir = await Deno.makeTempDir({ prefix: "redprobe-bench-go-" });
 const noGoHttp = join(configDir, "no-go-http.json");
+const defaults = join(configDir, "defaults.json");
+// The load generators (wrk, hey) are clients the agent would measure too (kprobe-http's
+// client side, go-http's for hey): their probes would slow the load, not the server. Only the
+// server's cost is measured here, so client connections of non-targets are left alone.
+const noLoadGenerators = { "kprobe-http": { clients: "targets" } };
 // JSON is YAML: what the agent's --config reads.
 await Deno.writeTextFile(
   noGoHttp,
-  JSON.stringify({ plugins: { "go-http": { servers: "never" } } }),
+  JSON.stringify({ plugins: { ...noLoadGenerators, "go-http": { servers: "never" } } }),
 );
+await Deno.writeTextFile(defaults, JSON.stringify({ plugins: noLoadGenerators }));
 
 // The agent runs from a copy of the working tree taken now: the rounds measure one version of
 // the code even if the tree is edited during the run.
@@ -172,7 +179,7 @@ const tree = await snapshotWorkingTree();
 const agentFor = (config: Config, serverPid: number): Promise<Agent> =>
   startAgent({
     until: new RegExp(`instrumenting pid ${serverPid} [^\\n]*\\n`),
-    configPath: config === "c" ? noGoHttp : undefined,
+    configPath: config === "c" ? noGoHttp : defaults,
     root: tree.dir,
   });
 
@@ -556,7 +563,8 @@ const md = [
   `agent unpinned, started fresh for each measured interval (main.ts, \`deno run -A\`), ` +
   `measured once it logs \`instrumenting pid <server>\` and 1 s more.  `,
   `Configurations, alternated in each round (the order rotates from round to round): ` +
-  `**(a)** no agent; **(b)** the agent's default configuration: this server has TLS server ` +
+  `**(a)** no agent; **(b)** the agent's default configuration (but for kprobe-http's ` +
+  `\`clients: targets\`, which keeps wrk itself out of the measurement): this server has TLS server ` +
   `code, so go-http instruments it (\`servers: auto\`) and kprobe-http leaves it alone; ` +
   `**(c)** the agent with \`plugins: { go-http: { servers: never } }\` (\`--config\`): ` +
   `kprobe-http measures the server, which is what the default does for a Go server without ` +

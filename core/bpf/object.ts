@@ -159,6 +159,11 @@ export class BpfObject implements Disposable {
   }
 
   /** The map named `name`. */
+  /** Whether the object has a map called `name`. */
+  hasMap(name: string): boolean {
+    return this.#maps.has(name) || this.maps().some((m) => m.name === name);
+  }
+
   map(name: string): BpfMap {
     // Maps are looked up on every scrape: walk libbpf's list only for a name not seen yet.
     const found = this.#maps.get(name) ?? this.maps().find((m) => m.name === name);

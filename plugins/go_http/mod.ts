@@ -208,12 +208,15 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
   }),
   // The server side is either go-http's or kprobe-http's, never both (see `servers`).
   uprobeMultiPrograms: PROGRAMS,
+  // The server side is either go-http's or kprobe-http's, never both (see `servers`); a Go
+  // program's client calls are always go-http's.
   replaces: (target, { options }) => {
     const result = analysisOf(target);
-    return !(result instanceof GoBinarySkip) && measuresServer(result, options)
-      ? ["kprobe-http"]
-      : [];
+    if (result instanceof GoBinarySkip) return [];
+    if (measuresServer(result, options)) return ["kprobe-http"];
+    return result.client ? ["kprobe-http/clients"] : [];
   },
+  replacesOnExecutables: ({ options }) => ({ "kprobe-http/clients": options.executables }),
   kernelCounters: GO_HTTP_KERNEL_COUNTERS,
   attachOnce: ({ options }) => {
     everyProcess.clear();

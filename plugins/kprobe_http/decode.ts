@@ -28,7 +28,7 @@ const OFFSET = {
 } as const;
 
 /** http_request_event.kind values. */
-export const HttpEventKind = { serverRequest: 1 } as const;
+export const HttpEventKind = { serverRequest: 1, clientRequest: 2 } as const;
 
 /** http_request_event.flags bits. */
 export const HttpEventFlag = {
@@ -37,6 +37,7 @@ export const HttpEventFlag = {
   closed: 0x04,
   evicted: 0x08,
   parseLost: 0x10,
+  client: 0x20,
 } as const;
 
 /** enum http_method, index = value. 0 is any other token (OpenTelemetry's `_OTHER`). */
@@ -58,6 +59,7 @@ export const HTTP_KERNEL_COUNTERS = [
   "connection_table_full",
   "requests_aggregated",
   "requests_not_aggregated",
+  "client_connections_opened",
 ] as const;
 
 /**

@@ -211,10 +211,10 @@ function enumValues(name: string): Map<string, number> {
 
 Deno.test("HTTP_PATH_MAX and the kind and flag values match kprobe_http.h", () => {
   assert.equal(defines("HTTP_PATH_MAX").get("HTTP_PATH_MAX"), HTTP_PATH_MAX);
-  assert.equal(
-    defines("HTTP_EVENT_").get("HTTP_EVENT_SERVER_REQUEST"),
-    HttpEventKind.serverRequest,
-  );
+  assert.deepEqual(Object.fromEntries(defines("HTTP_EVENT_")), {
+    HTTP_EVENT_SERVER_REQUEST: HttpEventKind.serverRequest,
+    HTTP_EVENT_CLIENT_REQUEST: HttpEventKind.clientRequest,
+  });
   const flags = defines("HTTP_FLAG_");
   assert.deepEqual(
     Object.fromEntries(flags),
@@ -224,6 +224,7 @@ Deno.test("HTTP_PATH_MAX and the kind and flag values match kprobe_http.h", () =
       HTTP_FLAG_CLOSED: HttpEventFlag.closed,
       HTTP_FLAG_EVICTED: HttpEventFlag.evicted,
       HTTP_FLAG_PARSE_LOST: HttpEventFlag.parseLost,
+      HTTP_FLAG_CLIENT: HttpEventFlag.client,
     },
   );
 });

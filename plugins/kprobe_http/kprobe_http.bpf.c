@@ -42,6 +42,26 @@ const volatile __u64 request_timeout_ns = 30ULL * 1000 * 1000 * 1000;
  */
 const volatile __u8 aggregate_in_kernel = 1;
 
+/*
+ * Client connections (this process writes requests and reads responses): 0 not measured,
+ * 1 of targets only, 2 of every process but the agent's own (a process that makes HTTP calls
+ * need not listen anywhere: curl, a cron job).
+ */
+const volatile __u8 client_mode = 2;
+const volatile __u32 agent_tgid = 0;
+
+/* The name (comm) of each process with client connections, for labels after it exits. */
+struct proc_name {
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct proc_name);
+} proc_names SEC(".maps");
+
 #define QUEUE_MASK (HTTP_QUEUE_LEN - 1)
 _Static_assert((HTTP_QUEUE_LEN & QUEUE_MASK) == 0, "HTTP_QUEUE_LEN must be a power of two");
 
@@ -144,7 +164,8 @@ struct http_conn {
 	__u32 body_seq;    /* request whose (chunked) body the request parser is counting */
 	__u32 timer_armed; /* 0/1, changed with atomics (see arm_timer / on_conn_timer) */
 	__u8 closed;
-	__u8 _pad[3];
+	__u8 client;       /* 1: this process made the requests (writes them, reads responses) */
+	__u8 _pad[2];
 	struct h1_parser req;
 	struct h1_parser resp;
 	struct http_request q[HTTP_QUEUE_LEN];
@@ -420,7 +441,7 @@ static __always_inline bool complete_request(struct http_conn *c, __u32 seq, __u
 		.tgid = c->tgid,
 		.status = status,
 		.method = r->method,
-		.flags = r->flags & HTTP_FLAG_PATH_TRUNCATED,
+		.flags = (r->flags & HTTP_FLAG_PATH_TRUNCATED) | (c->client ? HTTP_FLAG_CLIENT : 0),
 	};
 	struct red_histogram *agg = NULL;
 	bool can_aggregate = aggregate_in_kernel;
@@ -441,9 +462,9 @@ static __always_inline bool complete_request(struct http_conn *c, __u32 seq, __u
 			ev->tgid = c->tgid;
 			ev->status = status;
 			ev->method = r->method;
-			ev->flags = r->flags | flags;
+			ev->flags = r->flags | flags | (c->client ? HTTP_FLAG_CLIENT : 0);
 			ev->path_len = r->path_len;
-			ev->kind = HTTP_EVENT_SERVER_REQUEST;
+			ev->kind = c->client ? HTTP_EVENT_CLIENT_REQUEST : HTTP_EVENT_SERVER_REQUEST;
 			__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
 			__builtin_memcpy(ev->path, r->path, HTTP_PATH_MAX);
 		}
@@ -515,6 +536,11 @@ static __always_inline void flush_pending(struct http_conn *c, __u64 now, __u8 f
 
 static int on_conn_timer(void *map, __u64 *key, struct http_conn *c)
 {
+	/* A client another plugin now measures: its waiting requests are that plugin's. */
+	if (c->client && redprobe_is_excluded(c->tgid)) {
+		c->head = c->tail;
+		return 0;
+	}
 	struct completion_ctx x = {
 		.c = c,
 		.now = bpf_ktime_get_ns(),
@@ -1584,7 +1610,8 @@ static __always_inline bool fast_response(struct http_conn *c, struct io_desc *i
 	return true;
 }
 
-static __always_inline struct http_conn *create_conn(struct sock *sk, __u64 cookie, __u32 tgid)
+static __always_inline struct http_conn *create_conn(struct sock *sk, __u64 cookie, __u32 tgid,
+						     bool client)
 {
 	__u32 zero = 0;
 	struct conn_bytes *tmpl = bpf_map_lookup_elem(&conn_template, &zero);
@@ -1599,23 +1626,58 @@ static __always_inline struct http_conn *create_conn(struct sock *sk, __u64 cook
 		return NULL;
 	c->tgid = tgid;
 	c->cookie = cookie;
+	c->client = client;
 	bpf_timer_init(&c->timer, &conns, CLOCK_MONOTONIC);
 	bpf_timer_set_callback(&c->timer, on_conn_timer);
-	redprobe_count(HTTP_STAT_CONN_OPENED);
+	redprobe_count(client ? HTTP_STAT_CLIENT_CONN_OPENED : HTTP_STAT_CONN_OPENED);
+	if (client) {
+		/* The process's name, for labels when it has exited before the agent reads them. */
+		struct proc_name name = {};
+		bpf_get_current_comm(name.comm, sizeof(name.comm));
+		bpf_map_update_elem(&proc_names, &tgid, &name, BPF_ANY);
+	}
 	return c;
+}
+
+/*
+ * Whether this process's connections are measured: a target's (server side, and client side
+ * unless client_mode is 0), or with client_mode 2 any process's client connections but the
+ * agent's. `*client_only` says which.
+ */
+static __always_inline bool measured(bool *client_only)
+{
+	*client_only = false;
+	if (redprobe_is_target())
+		return true;
+	if (client_mode != 2 || (bpf_get_current_pid_tgid() >> 32) == agent_tgid)
+		return false;
+	*client_only = true;
+	return true;
 }
 
 static __always_inline int on_socket_io(struct sock *sk, int ret, int flags, bool send)
 {
 	if (ret <= 0 || (!send && (flags & MSG_PEEK)))
 		return 0;
-	if (!redprobe_is_target())
+	bool client_only;
+	if (!measured(&client_only))
 		return 0;
 	__u64 cookie = bpf_get_socket_cookie(sk);
 	struct http_conn *c = bpf_map_lookup_elem(&conns, &cookie);
-	if (!c && send)
-		return 0; /* server side only: a server connection starts with a request read */
-	if (c && (c->closed || ignores_data(send ? &c->resp : &c->req)))
+	/*
+	 * A connection is tracked from its first request: read by a server, written by a client.
+	 * Without one, a read starts a server connection (targets only) and a write a client one.
+	 */
+	if (!c && (send ? client_mode == 0 : client_only))
+		return 0;
+	/* Client connections of a process another plugin measures (go-http's Go clients). */
+	if (c && c->client && redprobe_is_excluded(c->tgid)) {
+		bpf_map_delete_elem(&conns, &cookie); /* dropped uncounted: the other plugin has it */
+		return 0;
+	}
+	/* The response direction: writes on a server connection, reads on a client one. */
+	bool responding = c ? send != c->client : send;
+	if (c && (c->closed || ignores_data(responding ? &c->resp : &c->req)))
 		return 0; /* the common case for writes after the status line: decided cheaply */
 
 	struct io_desc io;
@@ -1625,14 +1687,18 @@ static __always_inline int on_socket_io(struct sock *sk, int ret, int flags, boo
 		__u32 n = peek_head(&io, ret, &head);
 		if (n == 0 || !starts_request(head, n))
 			return 0;
-		c = create_conn(sk, cookie, bpf_get_current_pid_tgid() >> 32);
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		if (send && (redprobe_is_excluded(tgid) || redprobe_exe_is_excluded()))
+			return 0;
+		c = create_conn(sk, cookie, tgid, send);
 		if (!c)
 			return 0;
+		responding = false;
 	}
 	if (io.kind == IO_NONE || io.kind == IO_UNSUPPORTED)
-		count_only_io(c, ret, send);
-	else if (!send || !fast_response(c, &io, ret))
-		parse_io(c, &io, ret, send);
+		count_only_io(c, ret, responding);
+	else if (!responding || !fast_response(c, &io, ret))
+		parse_io(c, &io, ret, responding);
 	return 0;
 }
 
@@ -1658,7 +1724,8 @@ int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int
 	struct http_conn *c = bpf_map_lookup_elem(&conns, &cookie);
 	if (!c)
 		return 0;
-	flush_pending(c, bpf_ktime_get_ns(), HTTP_FLAG_CLOSED, HTTP_STAT_CLOSED_PENDING);
+	if (!(c->client && redprobe_is_excluded(c->tgid)))
+		flush_pending(c, bpf_ktime_get_ns(), HTTP_FLAG_CLOSED, HTTP_STAT_CLOSED_PENDING);
 	if (newstate == TCP_CLOSE) {
 		bpf_map_delete_elem(&conns, &cookie);
 	} else {

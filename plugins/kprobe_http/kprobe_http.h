@@ -13,6 +13,7 @@
 
 /* http_request_event.kind */
 #define HTTP_EVENT_SERVER_REQUEST 1
+#define HTTP_EVENT_CLIENT_REQUEST 2
 
 /* http_request_event.flags */
 #define HTTP_FLAG_PATH_TRUNCATED 0x01 /* path longer than HTTP_PATH_MAX */
@@ -20,6 +21,7 @@
 #define HTTP_FLAG_CLOSED 0x04         /* connection closed before the response */
 #define HTTP_FLAG_EVICTED 0x08        /* more than HTTP_QUEUE_LEN requests were waiting */
 #define HTTP_FLAG_PARSE_LOST 0x10     /* the response stream could not be followed */
+#define HTTP_FLAG_CLIENT 0x20         /* a request this process made (a client connection) */
 
 /* Methods; 0 is an unknown method token (exported as "_OTHER"). */
 enum http_method {
@@ -51,7 +53,8 @@ enum http_stat {
 	HTTP_STAT_CONN_TABLE_FULL = 12,  /* new connections not tracked: table insert failed */
 	HTTP_STAT_AGGREGATED = 13,       /* requests added to an in-kernel histogram */
 	HTTP_STAT_NOT_AGGREGATED = 14,   /* requests sent as records because the maps were full */
-	HTTP_STAT_MAX = 15,
+	HTTP_STAT_CLIENT_CONN_OPENED = 15, /* connections recognised as HTTP client connections */
+	HTTP_STAT_MAX = 16,
 };
 
 /*
@@ -66,7 +69,7 @@ struct http_agg_key {
 	__u32 tgid;
 	__u16 status;
 	__u8 method;
-	__u8 flags;      /* HTTP_FLAG_PATH_TRUNCATED only */
+	__u8 flags;      /* HTTP_FLAG_PATH_TRUNCATED and HTTP_FLAG_CLIENT only */
 };
 
 /* The aggs map's values are struct red_histogram (bpf/red_histogram.h). */

@@ -10,7 +10,7 @@
  * @module
  */
 import { z } from "zod";
-import { definePlugin } from "../../core/plugin.ts";
+import { definePlugin, type MapLookup } from "../../core/plugin.ts";
 import { parseDurationMs } from "../../lib/duration.ts";
 import { RouteCache } from "../../lib/route.ts";
 import bpfObject from "./kprobe_http.bpf.o" with { type: "bytes" };
@@ -47,15 +47,31 @@ export const kprobeHttpOptions = z.strictObject({
    * ring-buffer record per request read by the agent. Both count exactly.
    */
   aggregate_in_kernel: z.boolean().default(true),
+  /**
+   * Client connections (requests this process writes, responses it reads): `every_process`
+   * (any process but the agent: curl, cron jobs and other clients that listen nowhere),
+   * `targets` (only discovered processes), `off`.
+   */
+  clients: z.enum(["every_process", "targets", "off"]).default("every_process"),
 });
 
 export type KprobeHttpOptions = z.infer<typeof kprobeHttpOptions>;
 
 const routes = new RouteCache();
 
+/** The comm the kernel recorded for `tgid` (proc_names map), or undefined. */
+function processName(lookup: MapLookup, tgid: number): string | undefined {
+  const key = new Uint8Array(4);
+  new DataView(key.buffer).setUint32(0, tgid, true);
+  const value = lookup("proc_names", key);
+  if (!value) return undefined;
+  const end = value.indexOf(0);
+  return new TextDecoder().decode(value.subarray(0, end < 0 ? value.length : end)) || undefined;
+}
+
 export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
   id: "kprobe-http",
-  description: "HTTP/1.x servers in any language, from socket tracepoints",
+  description: "HTTP/1.x servers and clients in any language, from socket tracepoints",
   bpfObject,
   optionsSchema: kprobeHttpOptions,
   constants: ({ options, buckets }) => {
@@ -64,6 +80,8 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
       request_timeout_ns: BigInt(Math.round(options.request_timeout * 1e6)),
       aggregate_in_kernel: inKernel,
       ...histogramConstants(buckets, inKernel),
+      client_mode: { off: 0, targets: 1, every_process: 2 }[options.clients],
+      agent_tgid: Deno.pid,
     };
   },
   maxEntries: ({ options }) => ({ conns: options.max_connections }),
@@ -80,21 +98,25 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
       const key = decodeHttpAggKey(keyBytes);
       const path = lookup("paths", key.pathHash);
       if (!path) return undefined;
+      const client = (key.flags & HttpEventFlag.client) !== 0;
       return {
-        kind: "http_server",
+        kind: client ? "http_client" : "http_server",
         pid: key.tgid,
         method: key.method,
         status: key.status,
         route: routes.route(decodeHttpPath(path), (key.flags & HttpEventFlag.pathTruncated) !== 0),
         ...histogramDelta(delta, buckets),
+        // A client may be gone by now (curl): its name, recorded by the kernel, labels it.
+        exe: client ? processName(lookup, key.tgid) : undefined,
       };
     },
   },
   decode: decodeHttpRequestEvent,
   toObservation(e) {
-    if (e.kind !== HttpEventKind.serverRequest) return undefined;
+    const client = e.kind === HttpEventKind.clientRequest;
+    if (!client && e.kind !== HttpEventKind.serverRequest) return undefined;
     return {
-      kind: "http_server",
+      kind: client ? "http_client" : "http_server",
       pid: e.tgid,
       durationSeconds: e.durationNs / 1e9,
       method: e.method,

@@ -118,11 +118,12 @@ Deno.test("kprobe-http toObservation() passes _OTHER for an unknown method", () 
   assert.equal(o.method, "_OTHER");
 });
 
-Deno.test("kprobe-http toObservation() ignores events that are not server requests", () => {
-  for (const kind of [0, 2, 255]) {
+Deno.test("kprobe-http toObservation() makes server and client observations, nothing else", () => {
+  for (const kind of [0, 3, 255]) {
     assert.equal(observe(event({ kind })), undefined, `kind ${kind}`);
   }
-  assert.ok(observe(event({ kind: HttpEventKind.serverRequest })));
+  assert.equal(observe(event({ kind: HttpEventKind.serverRequest }))?.kind, "http_server");
+  assert.equal(observe(event({ kind: HttpEventKind.clientRequest }))?.kind, "http_client");
 });
 
 Deno.test("kprobe-http is a valid plugin that decodes with decodeHttpRequestEvent", () => {
@@ -137,7 +138,9 @@ Deno.test("kprobe-http options default to 30s and 16384 connections and reject u
     request_timeout: 30_000,
     max_connections: 16384,
     aggregate_in_kernel: true,
+    clients: "every_process",
   });
+  assert.equal(kprobeHttpOptions.safeParse({ clients: "some" }).success, false);
   assert.deepEqual(kprobeHttpOptions.parse({ request_timeout: "250ms" }).request_timeout, 250);
   assert.equal(kprobeHttpOptions.safeParse({ request_timeout: "soon" }).success, false);
   assert.equal(kprobeHttpOptions.safeParse({ request_timeout: 0 }).success, false);
@@ -234,4 +237,40 @@ Deno.test("kprobe-http drops an aggregate whose path it cannot name", () => {
     },
   );
   assert.equal(aggregate, undefined);
+});
+
+Deno.test("kprobe-http client aggregates are http_client, named by the comm the kernel kept", () => {
+  const key = new Uint8Array(16);
+  new DataView(key.buffer).setUint32(8, 777, true);
+  new DataView(key.buffer).setUint16(12, 200, true);
+  key[14] = 1; // GET
+  key[15] = HttpEventFlag.client;
+  const path = new Uint8Array(104);
+  path[0] = 6;
+  path.set([..."/hello"].map((c) => c.charCodeAt(0)), 8);
+  const comm = new Uint8Array(16);
+  comm.set([..."curl"].map((c) => c.charCodeAt(0)));
+  const aggregate = plugin.aggregates!.decode(
+    key,
+    new Float64Array(34),
+    (map, k) => {
+      if (map === "paths") return path;
+      assert.equal(map, "proc_names");
+      assert.equal(new DataView(k.buffer).getUint32(0, true), 777);
+      return comm;
+    },
+    { options: kprobeHttpOptions.parse({}), buckets: BUCKETS },
+  );
+  assert.equal(aggregate?.kind, "http_client");
+  assert.equal(aggregate?.exe, "curl");
+  assert.equal(aggregate?.route, "/hello");
+});
+
+Deno.test("kprobe-http tells the kernel which client connections to measure, and its own pid", () => {
+  const c = (clients: string) =>
+    plugin.constants!({ options: kprobeHttpOptions.parse({ clients }), buckets: BUCKETS });
+  assert.equal(c("off").client_mode, 0);
+  assert.equal(c("targets").client_mode, 1);
+  assert.equal(c("every_process").client_mode, 2);
+  assert.equal(c("off").agent_tgid, Deno.pid);
 });

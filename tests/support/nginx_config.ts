@@ -6,6 +6,11 @@ export interface NginxOptions {
   workers: number;
   keepalive: boolean;
   sendfile: boolean;
+  /**
+   * A port on 127.0.0.1 to reverse-proxy `/proxy/<path>` to (as `/<path>`), over keep-alive
+   * upstream connections: nginx is then an HTTP client too.
+   */
+  upstreamPort?: number;
 }
 
 /**
@@ -46,6 +51,15 @@ http {
   uwsgi_temp_path ${dir}/tmp/uwsgi;
   scgi_temp_path ${dir}/tmp/scgi;
 
+${
+    opts.upstreamPort
+      ? `  upstream backend {
+    server 127.0.0.1:${opts.upstreamPort};
+    keepalive 4;
+  }
+`
+      : ""
+  }
   server {
     listen 127.0.0.1:${port};
     server_name localhost;
@@ -57,6 +71,15 @@ http {
     location ~ ^/users/[0-9]+$ { return 200 ${JSON.stringify(USER_BODY)}; }
     # /hello and /big are real files so "sendfile on" really goes through sendfile(2).
     location / { }
+${
+    opts.upstreamPort
+      ? `    location /proxy/ {
+      proxy_pass http://backend/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }`
+      : ""
+  }
   }
 }
 `;

@@ -1,0 +1,161 @@
+/**
+ * kprobe-http's client side: requests made by processes that listen nowhere (curl, Python's
+ * urllib and http.client, wrk) and by nginx as a reverse proxy, measured from the socket
+ * tracepoints from their first request,
+ * however short-lived. Each exported `http_client_duration_seconds_count` must EQUAL what the
+ * client sent, per label set; a request that never got an answer is counted with status 0.
+ */
+import assert from "node:assert/strict";
+import { startAgent } from "../support/agent.ts";
+import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
+import { findSamples, type Sample } from "../support/prom_text.ts";
+import { sendRequests, startNginx, startPython } from "../support/mod.ts";
+
+type Counts = Record<string, number>;
+
+function clientCounts(samples: Sample[], match: Record<string, string>): Counts {
+  const out: Counts = {};
+  for (const s of findSamples(samples, "http_client_duration_seconds_count", match)) {
+    const key =
+      `${s.labels.http_request_method} ${s.labels.http_response_status_code} ${s.labels.http_route}`;
+    out[key] = (out[key] ?? 0) + s.value;
+  }
+  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
+}
+
+async function run(cmd: string, args: string[]): Promise<{ pid: number; out: string }> {
+  const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
+  const out = await child.output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.ok(out.success, `${cmd} failed: ${text}`);
+  return { pid: child.pid, out: text };
+}
+
+const instance = (pid: number) => ({ target_instance: `${Deno.hostname()}:${pid}` });
+
+Deno.test({
+  name: "kprobe-http counts the requests of curl, Python and wrk exactly, from their first",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    assertBpfAvailable();
+    await using agent = await startAgent();
+    await using server = await startPython();
+    await agent.waitForPid(server.pid);
+    const url = (path: string) => `${server.baseUrl}${path}`;
+
+    await t.step("curl, one connection for several URLs, exits at once", async () => {
+      const urls = [
+        ...Array.from({ length: 5 }, () => url("/hello")),
+        ...Array.from({ length: 3 }, () => url("/missing")),
+        url("/users/42?x=1"),
+      ];
+      const curl = await run("curl", ["-s", ...urls.flatMap((u) => ["-o", "/dev/null", u])]);
+      const samples = await agent.samples();
+      assert.deepEqual(clientCounts(samples, instance(curl.pid)), {
+        "GET 200 /hello": 5,
+        "GET 200 /users/{id}": 1,
+        "GET 404 /missing": 3,
+      });
+      const name = findSamples(samples, "http_client_duration_seconds_count", instance(curl.pid))[0]
+        ?.labels.service_name;
+      assert.equal(name, "curl");
+    });
+
+    await t.step(
+      "Python urllib (a connection each) and http.client (keep-alive, POST)",
+      async () => {
+        const script = [
+          "import urllib.request, http.client, sys",
+          `base = "${server.baseUrl}"`,
+          "for _ in range(4): urllib.request.urlopen(base + '/hello').read()",
+          "c = http.client.HTTPConnection('127.0.0.1', " + server.port + ")",
+          "for _ in range(3):",
+          "    c.request('POST', '/submit', body=b'x' * 50)",
+          "    c.getresponse().read()",
+          "c.close()",
+        ].join("\n");
+        const py = await run("python3", ["-c", script]);
+        const samples = await agent.samples();
+        assert.deepEqual(clientCounts(samples, instance(py.pid)), {
+          "GET 200 /hello": 4,
+          "POST 200 /submit": 3,
+        });
+        const sizes = findSamples(samples, "http_client_request_size_bytes_sum", {
+          ...instance(py.pid),
+          http_request_method: "POST",
+        });
+        assert.equal(sizes[0]?.value, 150);
+      },
+    );
+
+    await t.step(
+      "wrk: every request it completed, and those in flight at its end",
+      async () => {
+        const wrk = await run("wrk", ["-t1", "-c2", "-d1s", url("/hello")]);
+        const completed = Number(/(\d+) requests in/.exec(wrk.out)?.[1]);
+        assert.ok(completed > 0, wrk.out);
+        const counts = clientCounts(await agent.samples(), instance(wrk.pid));
+        // wrk's own count is not exact at its deadline: with 2 connections, up to 2 requests
+        // are in flight when it stops. Each was either answered and read (the agent counts a
+        // 200 wrk leaves out) or not (status 0). Everything wrk counted, the agent counted.
+        const ok = counts["GET 200 /hello"] ?? 0;
+        const unanswered = counts["GET 0 /hello"] ?? 0;
+        assert.ok(ok >= completed, `${ok} < ${completed}: ${JSON.stringify(counts)}`);
+        assert.ok(ok + unanswered <= completed + 2, `${JSON.stringify(counts)} vs ${completed}`);
+        assert.deepEqual(
+          Object.keys(counts).filter((k) => k !== "GET 200 /hello" && k !== "GET 0 /hello"),
+          [],
+        );
+      },
+    );
+
+    await t.step("nginx as a reverse proxy: its keep-alive upstream requests", async () => {
+      await using proxy = await startNginx({
+        workers: 1,
+        keepalive: true,
+        sendfile: true,
+        upstreamPort: server.port,
+      });
+      for (const pid of await proxy.pids()) await agent.waitForPid(pid);
+      const sent = await sendRequests({
+        port: proxy.port,
+        spec: { method: "GET", path: "/proxy/hello" },
+        count: 6,
+        keepAlive: true,
+        concurrency: 2,
+      });
+      assert.deepEqual([...sent.statuses], [[200, 6]]);
+      const missing = await sendRequests({
+        port: proxy.port,
+        spec: { method: "GET", path: "/proxy/missing" },
+        count: 2,
+        keepAlive: false,
+        concurrency: 1,
+      });
+      assert.deepEqual([...missing.statuses], [[404, 2]]);
+      const samples = await agent.samples();
+      // nginx's workers report under the master's pid (target_instance).
+      assert.deepEqual(clientCounts(samples, instance(proxy.pid)), {
+        "GET 200 /hello": 6,
+        "GET 404 /missing": 2,
+      });
+    });
+
+    await t.step(
+      "the agent's own requests are not measured; the server side still is",
+      async () => {
+        const samples = await agent.samples();
+        assert.deepEqual(clientCounts(samples, instance(agent.pid)), {});
+        const served = findSamples(
+          samples,
+          "http_server_duration_seconds_count",
+          instance(server.pid),
+        )
+          .reduce((n, s) => n + s.value, 0);
+        assert.ok(served >= 5 + 3 + 1 + 4 + 3, `server side: ${served}`);
+      },
+    );
+  },
+});
