@@ -144,6 +144,43 @@ Deno.test({
     });
 
     await t.step(
+      "a server that never answers: the request is counted once, as an error",
+      async () => {
+        // Accepts, reads, never writes; curl gives up after 1 s and closes the connection.
+        const silent = new Deno.Command("python3", {
+          args: [
+            "-c",
+            "import socket, time\n" +
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n" +
+            "print(s.getsockname()[1], flush=True)\n" +
+            "c, _ = s.accept(); c.recv(4096); time.sleep(20)",
+          ],
+          stdout: "piped",
+          stderr: "null",
+        }).spawn();
+        try {
+          const reader = silent.stdout.pipeThrough(new TextDecoderStream()).getReader();
+          const port = Number((await reader.read()).value?.trim());
+          reader.releaseLock();
+          const curl = new Deno.Command("curl", {
+            args: ["-s", "--max-time", "1", `http://127.0.0.1:${port}/never`],
+            stdout: "null",
+            stderr: "null",
+          }).spawn();
+          const status = await curl.status;
+          assert.equal(status.code, 28, "curl timed out");
+          assert.deepEqual(clientCounts(await agent.samples(), instance(curl.pid)), {
+            "GET 0 /never": 1,
+          });
+        } finally {
+          silent.kill("SIGKILL");
+          await silent.status;
+          await silent.stdout.cancel().catch(() => {});
+        }
+      },
+    );
+
+    await t.step(
       "the agent's own requests are not measured; the server side still is",
       async () => {
         const samples = await agent.samples();
