@@ -255,12 +255,12 @@ export class RedExporter {
     this.#dropped.inc({ plugin, reason });
   }
 
-  /** Counts a failed attempt to instrument a process. */
   /** A process `plugin` left alone, for `reason` (a short snake_case word). */
   skipped(plugin: string, reason: string): void {
     this.#skipped.inc({ plugin, reason });
   }
 
+  /** Counts a failed attempt to instrument a process. */
   attachFailed(plugin: string, reason: string): void {
     this.#attachFailures.inc({ plugin, reason });
   }
