@@ -75,6 +75,7 @@ export class Agent implements AsyncDisposable {
       durationBuckets: m.duration_buckets,
       sizeBuckets: m.size_buckets,
       maxSeriesPerMetric: m.max_series_per_metric,
+      optionalLabels: m.optional_labels,
     });
   }
 
@@ -142,7 +143,14 @@ export class Agent implements AsyncDisposable {
           durationSeconds: config.metrics.duration_buckets,
           sizeBytes: config.metrics.size_buckets,
         };
-        const host = new PluginHost(plugin, pluginOptions, buckets, log, sinks);
+        const host = new PluginHost(
+          plugin,
+          pluginOptions,
+          buckets,
+          log,
+          sinks,
+          config.metrics.optional_labels,
+        );
         this.#hosts.push(host);
         this.exporter.addSource({
           id: plugin.id,

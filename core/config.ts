@@ -11,6 +11,7 @@ import defaultYaml from "../config/default.yaml" with { type: "text" };
 import { parseDurationMs } from "../lib/duration.ts";
 import { LOG_LEVELS } from "./log.ts";
 import type { AnyPlugin } from "./plugin.ts";
+import { OPTIONAL_HTTP_CLIENT_LABELS } from "./exporter/red_metrics.ts";
 
 /** A configuration problem: the agent exits with status 2 before attaching anything. */
 export class ConfigError extends Error {
@@ -46,6 +47,7 @@ const configSchema = z.strictObject({
     duration_buckets: buckets,
     size_buckets: buckets,
     max_series_per_metric: z.number().int().min(1),
+    optional_labels: z.array(z.enum(OPTIONAL_HTTP_CLIENT_LABELS)),
   }),
   discovery: z.strictObject({
     poll_interval: duration,

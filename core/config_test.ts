@@ -381,3 +381,13 @@ Deno.test("without a file, errors say they come from the configuration", () => {
     "unknown plugin",
   );
 });
+
+Deno.test("metrics.optional_labels takes the labels redprobe can add, and names a wrong one", () => {
+  const config = load("metrics:\n  optional_labels: [server_port, server_address]\n");
+  assert.deepEqual(config.metrics.optional_labels, ["server_port", "server_address"]);
+  assertFileError(
+    "metrics:\n  optional_labels: [url_path]\n",
+    "metrics.optional_labels.0",
+    "server_address",
+  );
+});

@@ -101,6 +101,9 @@ export type RedObservation =
      * running it): labels for a short-lived process that exited before discovery saw it.
      */
     exe?: string;
+    /** Client side: where the request went (labels `server_address`, `server_port` if on). */
+    serverAddress?: string;
+    serverPort?: number;
   }
   | {
     kind: "rpc_server" | "rpc_client";
@@ -127,6 +130,9 @@ export interface RedAggregate {
   sizeSumBytes: number;
   /** As in RedObservation: labels for a process discovery never saw. */
   exe?: string;
+  /** As in RedObservation: the client side's peer. */
+  serverAddress?: string;
+  serverPort?: number;
 }
 
 /** Read access to one of the plugin's own maps (the core does the reading). */
@@ -144,6 +150,11 @@ export interface PluginContext<Options> {
   options: Options;
   /** The exporter's buckets. */
   buckets: MetricBuckets;
+  /**
+   * The optional labels the exporter adds (`metrics.optional_labels`), so a plugin collects
+   * what they need only when they are on (e.g. `server_address`).
+   */
+  optionalLabels?: readonly string[];
 }
 
 /** The contract. `E` is the plugin's decoded event type, `O` its options type. */

@@ -95,7 +95,7 @@ export class PluginHost implements AsyncDisposable {
   readonly #reader: RingBufferReader;
   /** Cumulative counters of each aggregate key at the last read (by key hex). */
   readonly #aggregatesSeen = new Map<string, Float64Array>();
-  readonly #ctx: { options: unknown; buckets: MetricBuckets };
+  readonly #ctx: { options: unknown; buckets: MetricBuckets; optionalLabels: readonly string[] };
   #closed = false;
 
   /**
@@ -108,11 +108,12 @@ export class PluginHost implements AsyncDisposable {
     buckets: MetricBuckets,
     log: Logger,
     sinks: PluginHostSinks,
+    optionalLabels: readonly string[] = [],
   ) {
     this.plugin = plugin;
     this.#log = log;
     this.#sinks = sinks;
-    const ctx = { options, buckets };
+    const ctx = { options, buckets, optionalLabels };
     this.#ctx = ctx;
     // open -> set constants and sizes -> load (verifier) -> attach -> read
     this.#object = BpfObject.open(plugin.bpfObject, plugin.id.replaceAll("-", "_"));

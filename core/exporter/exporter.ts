@@ -13,6 +13,8 @@ import {
   HTTP_LABELS,
   METRIC_NAMES,
   type MetricNaming,
+  OPTIONAL_HTTP_CLIENT_LABELS,
+  type OptionalHttpClientLabel,
   RPC_LABELS,
   type Series,
 } from "./red_metrics.ts";
@@ -30,6 +32,8 @@ export interface ExporterOptions {
   sizeBuckets?: number[];
   /** Hard cap on label sets per metric family. */
   maxSeriesPerMetric?: number;
+  /** Optional labels to add to the HTTP client families (off by default: cardinality). */
+  optionalLabels?: readonly OptionalHttpClientLabel[];
 }
 
 /** Where plugin hosts' counters are read from at scrape time. */
@@ -69,6 +73,7 @@ export class RedExporter {
   readonly #dropped: client.Counter<"plugin" | "reason">;
   readonly #attachFailures: client.Counter<"plugin" | "reason">;
   readonly #skipped: client.Counter<"plugin" | "reason">;
+  readonly #peerLabels: OptionalHttpClientLabel[];
   #discovered = 0;
 
   constructor(options: ExporterOptions = {}) {
@@ -84,10 +89,15 @@ export class RedExporter {
       HTTP_LABELS,
       durations,
     );
+    // In a fixed order, whatever order the configuration lists them in.
+    this.#peerLabels = OPTIONAL_HTTP_CLIENT_LABELS.filter((l) =>
+      options.optionalLabels?.includes(l)
+    );
+    const clientLabels = [...HTTP_LABELS, ...this.#peerLabels];
     this.httpClientDuration = family(
       names.httpClientDuration,
       "Duration of HTTP requests made, in seconds",
-      HTTP_LABELS,
+      clientLabels,
       durations,
     );
     this.httpServerRequestSize = family(
@@ -99,7 +109,7 @@ export class RedExporter {
     this.httpClientRequestSize = family(
       names.httpClientRequestSize,
       "Size of the bodies of HTTP requests made, in bytes",
-      HTTP_LABELS,
+      clientLabels,
       sizes,
     );
     this.rpcServerDuration = family(
@@ -154,7 +164,7 @@ export class RedExporter {
    */
   observe(o: RedObservation, target: TargetLabels): void {
     if ("method" in o) {
-      const cell = this.#httpCell(o.kind === "http_server", target, o.route, o.method, o.status);
+      const cell = this.#httpCell(o.kind === "http_server", target, o.route, o.method, o.status, o);
       if (!cell) return;
       cell.duration.family.record(cell.duration.series, o.durationSeconds);
       cell.size.family.record(cell.size.series, o.requestSizeBytes ?? 0);
@@ -191,9 +201,23 @@ export class RedExporter {
     route: string,
     method: string,
     status: number,
+    peer: { serverAddress?: string; serverPort?: number },
   ): HttpCell | undefined {
     const byTarget = server ? this.#httpServerCells : this.#httpClientCells;
-    const cached = byTarget.get(target)?.get(route)?.get(method)?.get(status);
+    // With peer labels on, the peer is part of the label set: it rides on the route's key.
+    const peerLabels: Record<string, string> = {};
+    if (!server) {
+      for (const name of this.#peerLabels) {
+        peerLabels[name] = name === "server_address"
+          ? peer.serverAddress ?? ""
+          : peer.serverPort
+          ? String(peer.serverPort)
+          : "";
+      }
+    }
+    const peerKey = Object.values(peerLabels).join(SEP);
+    const routeKey = peerKey ? route + SEP + peerKey : route;
+    const cached = byTarget.get(target)?.get(routeKey)?.get(method)?.get(status);
     if (cached) return cached;
     const key = [
       target.serviceName,
@@ -202,6 +226,7 @@ export class RedExporter {
       method,
       status,
       route,
+      peerKey,
     ].join(SEP);
     const labels = () => ({
       service_name: target.serviceName,
@@ -210,6 +235,7 @@ export class RedExporter {
       http_request_method: method,
       http_response_status_code: String(status),
       http_route: route,
+      ...peerLabels,
     });
     const durationFamily = server ? this.httpServerDuration : this.httpClientDuration;
     const sizeFamily = server ? this.httpServerRequestSize : this.httpClientRequestSize;
@@ -224,8 +250,8 @@ export class RedExporter {
     // The cache grows only with series that exist, so the label-set cap bounds it too.
     let byRoute = byTarget.get(target);
     if (!byRoute) byTarget.set(target, byRoute = new Map());
-    let byMethod = byRoute.get(route);
-    if (!byMethod) byRoute.set(route, byMethod = new Map());
+    let byMethod = byRoute.get(routeKey);
+    if (!byMethod) byRoute.set(routeKey, byMethod = new Map());
     let byStatus = byMethod.get(method);
     if (!byStatus) byMethod.set(method, byStatus = new Map());
     byStatus.set(status, cell);
@@ -234,7 +260,7 @@ export class RedExporter {
 
   /** Records a batch of HTTP observations a plugin aggregated in the kernel. */
   observeAggregate(a: RedAggregate, target: TargetLabels): void {
-    const cell = this.#httpCell(a.kind === "http_server", target, a.route, a.method, a.status);
+    const cell = this.#httpCell(a.kind === "http_server", target, a.route, a.method, a.status, a);
     if (!cell) return;
     cell.duration.family.recordBuckets(
       cell.duration.series,

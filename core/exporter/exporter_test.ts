@@ -422,3 +422,29 @@ Deno.test("the exposition has HELP and TYPE for every family and parses back", a
   }
   for (const name of types.keys()) assert.match(text, new RegExp(`# HELP ${name} \\S`));
 });
+
+Deno.test("optional_labels add server_address and server_port to the HTTP client families only", async () => {
+  const on = new RedExporter({ optionalLabels: ["server_port", "server_address"] });
+  const client = (serverAddress: string, serverPort: number) =>
+    httpServer({ kind: "http_client", serverAddress, serverPort });
+  on.observe(client("10.0.0.1", 8080), TARGET);
+  on.observe(client("10.0.0.1", 8080), TARGET);
+  on.observe(client("10.0.0.2", 443), TARGET);
+  on.observe(httpServer(), TARGET);
+  let all = await samples(on);
+  const counts = find(all, "http_client_duration_seconds_count").map((s) =>
+    `${s.labels.server_address}:${s.labels.server_port}=${s.value}`
+  );
+  assert.deepEqual(counts.sort(), ["10.0.0.1:8080=2", "10.0.0.2:443=1"]);
+  const server = find(all, "http_server_duration_seconds_count")[0];
+  assert.equal("server_address" in server.labels, false, "not on the server side");
+
+  const off = new RedExporter();
+  off.observe(client("10.0.0.1", 8080), TARGET);
+  off.observe(client("10.0.0.2", 443), TARGET);
+  all = await samples(off);
+  const merged = find(all, "http_client_duration_seconds_count");
+  assert.equal(merged.length, 1, "without the option the peers share one series");
+  assert.equal(merged[0].value, 2);
+  assert.equal("server_port" in merged[0].labels, false);
+});

@@ -61,6 +61,13 @@ export const HTTP_LABELS = [
   "http_response_status_code",
   "http_route",
 ] as const;
+/**
+ * Labels that are off by default (cardinality) and switched on by `metrics.optional_labels`;
+ * today the client side's peer: who the request was sent to.
+ */
+export const OPTIONAL_HTTP_CLIENT_LABELS = ["server_address", "server_port"] as const;
+export type OptionalHttpClientLabel = typeof OPTIONAL_HTTP_CLIENT_LABELS[number];
+
 export const RPC_LABELS = [
   ...TARGET_LABELS,
   "rpc_method",

@@ -7,9 +7,10 @@
  */
 import { ByteStringCache } from "../../lib/byte_strings.ts";
 import { KNOWN_HTTP_METHODS } from "../../lib/http_methods.ts";
+import { formatIp } from "../../lib/ip.ts";
 
 /** sizeof(struct http_request_event). */
-export const HTTP_EVENT_SIZE = 144;
+export const HTTP_EVENT_SIZE = 168;
 /** HTTP_PATH_MAX in kprobe_http.h. */
 export const HTTP_PATH_MAX = 96;
 
@@ -25,6 +26,7 @@ const OFFSET = {
   pathLen: 40,
   kind: 41,
   path: 48,
+  peer: 144, // struct http_peer: addr[16], port u16, family u8
 } as const;
 
 /** http_request_event.kind values. */
@@ -82,6 +84,9 @@ export class HttpRequestEvent {
     /** From the end of the read that returned the request's first byte to the status line. */
     readonly durationNs: number,
     readonly halves: readonly number[], // start lo/hi, end lo/hi, conn lo/hi
+    /** Client side with peer labels on: where the request went. */
+    readonly serverAddress?: string,
+    readonly serverPort?: number,
   ) {}
 
   /** CLOCK_MONOTONIC nanoseconds: the read that returned the request's first byte. */
@@ -121,6 +126,7 @@ export function decodeHttpRequestEvent(bytes: Uint8Array): HttpRequestEvent {
   const startLo = u32(bytes, OFFSET.startNs), startHi = u32(bytes, OFFSET.startNs + 4);
   const endLo = u32(bytes, OFFSET.endNs), endHi = u32(bytes, OFFSET.endNs + 4);
   const pathLen = Math.min(bytes[OFFSET.pathLen], HTTP_PATH_MAX);
+  const peer = decodePeer(bytes, OFFSET.peer);
   return new HttpRequestEvent(
     bytes[OFFSET.kind],
     u32(bytes, OFFSET.tgid),
@@ -132,7 +138,15 @@ export function decodeHttpRequestEvent(bytes: Uint8Array): HttpRequestEvent {
     u32(bytes, OFFSET.bodySize) + u32(bytes, OFFSET.bodySize + 4) * 2 ** 32,
     (endHi - startHi) * 2 ** 32 + (endLo - startLo),
     [startLo, startHi, endLo, endHi, u32(bytes, OFFSET.connId), u32(bytes, OFFSET.connId + 4)],
+    peer?.[0],
+    peer?.[1],
   );
+}
+
+/** A struct http_peer at `at`: [address, port], or undefined when not recorded. */
+function decodePeer(bytes: Uint8Array, at: number): [string, number] | undefined {
+  const address = formatIp(bytes.subarray(at, at + 16), bytes[at + 18]);
+  return address === undefined ? undefined : [address, bytes[at + 16] | bytes[at + 17] << 8];
 }
 
 /**
@@ -175,7 +189,7 @@ function latin1Bytes(text: string): Uint8Array {
 }
 
 /** sizeof(struct http_agg_key). */
-export const HTTP_AGG_KEY_SIZE = 16;
+export const HTTP_AGG_KEY_SIZE = 40;
 
 /** struct http_agg_key (kprobe_http.h). */
 export interface HttpAggKey {
@@ -185,18 +199,22 @@ export interface HttpAggKey {
   status: number;
   method: string;
   flags: number;
+  serverAddress?: string;
+  serverPort?: number;
 }
 
 export function decodeHttpAggKey(key: Uint8Array): HttpAggKey {
   if (key.length !== HTTP_AGG_KEY_SIZE) {
     throw new RangeError(`http_agg_key must be ${HTTP_AGG_KEY_SIZE} bytes, got ${key.length}`);
   }
+  const peer = decodePeer(key, 16);
   return {
     pathHash: key.slice(0, 8),
     tgid: u32(key, 8),
     status: key[12] | key[13] << 8,
     method: HTTP_METHODS[key[14]] ?? "_OTHER",
     flags: key[15],
+    ...(peer ? { serverAddress: peer[0], serverPort: peer[1] } : {}),
   };
 }
 

@@ -282,6 +282,16 @@ const MEMBERS: Record<
     field: "path",
     value: "/path",
   },
+  // struct http_peer: addr[16] @0, port @16, family @18 (AF_INET here: the first 4 bytes).
+  peer: {
+    write: (v, at) => {
+      new Uint8Array(v.buffer, at, 16).set([10, 1, 2, 3]);
+      v.setUint16(at + 16, 8443, true);
+      v.setUint8(at + 18, 2);
+    },
+    field: "serverAddress",
+    value: "10.1.2.3",
+  },
 };
 
 /** Checks the decoder against `struct http_request_event` as BTF describes it. */

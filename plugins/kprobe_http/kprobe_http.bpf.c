@@ -21,6 +21,7 @@
  * status 0. Nothing here allocates per request except the ring-buffer record.
  */
 #include "redprobe.bpf.h"
+#include <bpf/bpf_endian.h>
 #include "red_histogram.h"
 #include "kprobe_http.h"
 
@@ -49,6 +50,8 @@ const volatile __u8 aggregate_in_kernel = 1;
  */
 const volatile __u8 client_mode = 2;
 const volatile __u32 agent_tgid = 0;
+/* Whether client requests carry their peer (the server_address/server_port labels are on). */
+const volatile __u8 peer_labels = 0;
 
 /* The name (comm) of each process with client connections, for labels after it exits. */
 struct proc_name {
@@ -166,6 +169,7 @@ struct http_conn {
 	__u8 closed;
 	__u8 client;       /* 1: this process made the requests (writes them, reads responses) */
 	__u8 _pad[2];
+	struct http_peer peer; /* client connections with peer labels on */
 	struct h1_parser req;
 	struct h1_parser resp;
 	struct http_request q[HTTP_QUEUE_LEN];
@@ -442,6 +446,7 @@ static __always_inline bool complete_request(struct http_conn *c, __u32 seq, __u
 		.status = status,
 		.method = r->method,
 		.flags = (r->flags & HTTP_FLAG_PATH_TRUNCATED) | (c->client ? HTTP_FLAG_CLIENT : 0),
+		.peer = c->peer,
 	};
 	struct red_histogram *agg = NULL;
 	bool can_aggregate = aggregate_in_kernel;
@@ -467,6 +472,7 @@ static __always_inline bool complete_request(struct http_conn *c, __u32 seq, __u
 			ev->kind = c->client ? HTTP_EVENT_CLIENT_REQUEST : HTTP_EVENT_SERVER_REQUEST;
 			__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
 			__builtin_memcpy(ev->path, r->path, HTTP_PATH_MAX);
+			ev->peer = c->peer;
 		}
 	}
 	if (__sync_val_compare_and_swap(&c->head, seq, seq + 1) != seq) {
@@ -1630,6 +1636,16 @@ static __always_inline struct http_conn *create_conn(struct sock *sk, __u64 cook
 	bpf_timer_init(&c->timer, &conns, CLOCK_MONOTONIC);
 	bpf_timer_set_callback(&c->timer, on_conn_timer);
 	redprobe_count(client ? HTTP_STAT_CLIENT_CONN_OPENED : HTTP_STAT_CONN_OPENED);
+	if (client && peer_labels) {
+		__u16 family = sk->__sk_common.skc_family;
+		if (family == 2 /* AF_INET */) {
+			*(__u32 *)c->peer.addr = sk->__sk_common.skc_daddr;
+		} else if (family == 10 /* AF_INET6 */) {
+			__builtin_memcpy(c->peer.addr, &sk->__sk_common.skc_v6_daddr, 16);
+		}
+		c->peer.port = bpf_ntohs(sk->__sk_common.skc_dport);
+		c->peer.family = family;
+	}
 	if (client) {
 		/* The process's name, for labels when it has exited before the agent reads them. */
 		struct proc_name name = {};

@@ -64,12 +64,21 @@ enum http_stat {
  * cannot be aggregated (a new key and the maps are full), so nothing is lost either way.
  */
 
+/* The other end of a client connection: IPv4 in the first 4 bytes, or IPv6. */
+struct http_peer {
+	__u8 addr[16];
+	__u16 port;   /* host byte order */
+	__u8 family;  /* AF_INET (2), AF_INET6 (10), or 0: not recorded */
+	__u8 _pad[5];
+};
+
 struct http_agg_key {
 	__u64 path_hash; /* see path_hash() in kprobe_http.bpf.c; resolved through the paths map */
 	__u32 tgid;
 	__u16 status;
 	__u8 method;
 	__u8 flags;      /* HTTP_FLAG_PATH_TRUNCATED and HTTP_FLAG_CLIENT only */
+	struct http_peer peer; /* client side with peer labels on; else zero */
 };
 
 /* The aggs map's values are struct red_histogram (bpf/red_histogram.h). */
@@ -81,7 +90,7 @@ struct http_path {
 	char path[HTTP_PATH_MAX];
 };
 
-/* One completed (or abandoned) request. 144 bytes. */
+/* One completed (or abandoned) request. 168 bytes. */
 struct http_request_event {
 	__u64 start_ns;  /* CLOCK_MONOTONIC: the read that returned the request's first byte */
 	__u64 end_ns;    /* the write of the response status line (or the timeout / close) */
@@ -95,6 +104,7 @@ struct http_request_event {
 	__u8 kind;       /* HTTP_EVENT_* */
 	__u8 _pad[6];
 	char path[HTTP_PATH_MAX];
+	struct http_peer peer;
 };
 
 #endif /* KPROBE_HTTP_H */

@@ -74,7 +74,7 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
   description: "HTTP/1.x servers and clients in any language, from socket tracepoints",
   bpfObject,
   optionsSchema: kprobeHttpOptions,
-  constants: ({ options, buckets }) => {
+  constants: ({ options, buckets, optionalLabels }) => {
     const inKernel = options.aggregate_in_kernel && fitsInKernel(buckets);
     return {
       request_timeout_ns: BigInt(Math.round(options.request_timeout * 1e6)),
@@ -82,6 +82,10 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
       ...histogramConstants(buckets, inKernel),
       client_mode: { off: 0, targets: 1, every_process: 2 }[options.clients],
       agent_tgid: Deno.pid,
+      // The peer costs key space (series): recorded only when its labels are on.
+      peer_labels: (optionalLabels ?? []).some((l) =>
+        l === "server_address" || l === "server_port"
+      ),
     };
   },
   maxEntries: ({ options }) => ({ conns: options.max_connections }),
@@ -108,6 +112,9 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
         ...histogramDelta(delta, buckets),
         // A client may be gone by now (curl): its name, recorded by the kernel, labels it.
         exe: client ? processName(lookup, key.tgid) : undefined,
+        ...(key.serverAddress
+          ? { serverAddress: key.serverAddress, serverPort: key.serverPort }
+          : {}),
       };
     },
   },
@@ -123,6 +130,7 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
       status: e.status,
       route: routes.route(e.path, (e.flags & HttpEventFlag.pathTruncated) !== 0),
       requestSizeBytes: e.bodySize,
+      ...(e.serverAddress ? { serverAddress: e.serverAddress, serverPort: e.serverPort } : {}),
     };
   },
 });

@@ -194,7 +194,7 @@ Deno.test("kprobe-http sends records instead of aggregating when the buckets do 
 });
 
 Deno.test("kprobe-http turns an in-kernel histogram delta into an aggregate with its route", () => {
-  const key = new Uint8Array(16);
+  const key = new Uint8Array(40);
   key.set([1, 2, 3, 4, 5, 6, 7, 8], 0); // path hash
   new DataView(key.buffer).setUint32(8, 4242, true);
   new DataView(key.buffer).setUint16(12, 404, true);
@@ -228,7 +228,7 @@ Deno.test("kprobe-http turns an in-kernel histogram delta into an aggregate with
 
 Deno.test("kprobe-http drops an aggregate whose path it cannot name", () => {
   const aggregate = plugin.aggregates!.decode(
-    new Uint8Array(16),
+    new Uint8Array(40),
     new Float64Array(34),
     () => undefined,
     {
@@ -240,7 +240,7 @@ Deno.test("kprobe-http drops an aggregate whose path it cannot name", () => {
 });
 
 Deno.test("kprobe-http client aggregates are http_client, named by the comm the kernel kept", () => {
-  const key = new Uint8Array(16);
+  const key = new Uint8Array(40);
   new DataView(key.buffer).setUint32(8, 777, true);
   new DataView(key.buffer).setUint16(12, 200, true);
   key[14] = 1; // GET
@@ -248,7 +248,7 @@ Deno.test("kprobe-http client aggregates are http_client, named by the comm the 
   const path = new Uint8Array(104);
   path[0] = 6;
   path.set([..."/hello"].map((c) => c.charCodeAt(0)), 8);
-  const comm = new Uint8Array(16);
+  const comm = new Uint8Array(40);
   comm.set([..."curl"].map((c) => c.charCodeAt(0)));
   const aggregate = plugin.aggregates!.decode(
     key,

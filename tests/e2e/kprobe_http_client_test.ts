@@ -196,3 +196,31 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: "with optional_labels, client requests carry server_address and server_port",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    assertBpfAvailable();
+    await using agent = await startAgent({
+      config: { metrics: { optional_labels: ["server_address", "server_port"] } },
+    });
+    await using a = await startPython();
+    await using b = await startPython();
+    const curl = await run("curl", [
+      "-s",
+      ...[a, a, a, b].flatMap((s) => ["-o", "/dev/null", `${s.baseUrl}/hello`]),
+    ]);
+    const samples = findSamples(
+      await agent.samples(),
+      "http_client_duration_seconds_count",
+      instance(curl.pid),
+    );
+    const byPeer = Object.fromEntries(
+      samples.map((s) => [`${s.labels.server_address}:${s.labels.server_port}`, s.value]),
+    );
+    assert.deepEqual(byPeer, { [`127.0.0.1:${a.port}`]: 3, [`127.0.0.1:${b.port}`]: 1 });
+  },
+});
