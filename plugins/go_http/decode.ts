@@ -9,9 +9,10 @@ import { ByteStringCache } from "../../lib/byte_strings.ts";
 import { httpMethodLabel } from "../../lib/http_methods.ts";
 
 /** sizeof(struct go_http_event). */
-export const GO_HTTP_EVENT_SIZE = 184;
+export const GO_HTTP_EVENT_SIZE = 232;
 export const GO_HTTP_METHOD_MAX = 16;
 export const GO_HTTP_PATH_MAX = 128;
+export const GO_HTTP_HOST_MAX = 48;
 
 const OFFSET = {
   startNs: 0,
@@ -26,13 +27,20 @@ const OFFSET = {
   exeIndex: 36,
   method: 40,
   path: 56,
+  host: 184,
 } as const;
 
 /** go_http_event.kind */
 export const GoHttpKind = { server: 1, client: 2 } as const;
 
 /** go_http_event.flags and go_agg_key.flags */
-export const GoHttpFlag = { pathTruncated: 0x01, noResponse: 0x02, longMethod: 0x04 } as const;
+export const GoHttpFlag = {
+  pathTruncated: 0x01,
+  noResponse: 0x02,
+  longMethod: 0x04,
+  https: 0x08,
+  longHost: 0x10,
+} as const;
 
 /** Names of the stats map indices 1.. (enum go_http_stat). */
 export const GO_HTTP_KERNEL_COUNTERS = [
@@ -59,6 +67,9 @@ export interface GoHttpEvent {
   path: string;
   /** 0, or 1 + the index of the configured executable whose probe saw this request. */
   exeIndex: number;
+  /** Client side with peer labels on: where the request went (from URL.Host and Scheme). */
+  serverAddress?: string;
+  serverPort?: number;
 }
 
 const strings = new ByteStringCache();
@@ -83,11 +94,32 @@ export function decodeGoHttpEvent(bytes: Uint8Array): GoHttpEvent {
     method: httpMethodLabel(method),
     path: strings.get(bytes, OFFSET.path, OFFSET.path + pathLen),
     exeIndex: view.getUint32(OFFSET.exeIndex, true),
+    ...peerOf(bytes, OFFSET.host, view.getUint8(OFFSET.flags)),
   };
 }
 
+/**
+ * A URL.Host ("127.0.0.1:8080", "example.com", "[::1]:443") as server_address/server_port; the
+ * port defaults from the scheme. Nothing when no host was recorded; a truncated host is left
+ * out rather than reported wrong.
+ */
+export function peerOf(
+  bytes: Uint8Array,
+  at: number,
+  flags: number,
+): { serverAddress?: string; serverPort?: number } {
+  let end = at;
+  while (end < at + GO_HTTP_HOST_MAX && bytes[end] !== 0) end++;
+  if (end === at || flags & GoHttpFlag.longHost) return {};
+  const host = strings.get(bytes, at, end);
+  const m = /^(?:\[([^\]]+)\]|([^:]+))(?::(\d+))?$/.exec(host);
+  if (!m) return {};
+  const defaultPort = flags & GoHttpFlag.https ? 443 : 80;
+  return { serverAddress: m[1] ?? m[2], serverPort: m[3] ? Number(m[3]) : defaultPort };
+}
+
 /** sizeof(struct go_agg_key). */
-export const GO_AGG_KEY_SIZE = 32;
+export const GO_AGG_KEY_SIZE = 80;
 
 /** struct go_agg_key (go_http.h). */
 export interface GoAggKey {
@@ -99,6 +131,9 @@ export interface GoAggKey {
   flags: number;
   method: string;
   exeIndex: number;
+  /** Client side with peer labels on (see peerOf). */
+  serverAddress?: string;
+  serverPort?: number;
 }
 
 export function decodeGoAggKey(key: Uint8Array): GoAggKey {
@@ -117,6 +152,7 @@ export function decodeGoAggKey(key: Uint8Array): GoAggKey {
     flags,
     method: flags & GoHttpFlag.longMethod ? "_OTHER" : httpMethodLabel(strings.get(key, 16, end)),
     exeIndex: view.getUint32(24, true),
+    ...peerOf(key, 32, flags),
   };
 }
 

@@ -8,11 +8,13 @@ import {
   decodeGoPath,
   GO_AGG_KEY_SIZE,
   GO_HTTP_EVENT_SIZE,
+  GO_HTTP_HOST_MAX,
   GO_HTTP_KERNEL_COUNTERS,
   GO_HTTP_METHOD_MAX,
   GO_HTTP_PATH_MAX,
   GoHttpFlag,
   GoHttpKind,
+  peerOf,
 } from "./decode.ts";
 
 const HEADER = new URL("./go_http.h", import.meta.url).pathname;
@@ -55,6 +57,10 @@ Deno.test({ name: "the decoder reads struct go_http_event as clang lays it out",
     exe_index: (v, o) => v.setUint32(o, 2, true),
     method: ascii("POST"),
     path: ascii("/users/42"),
+    host: (v, o) => {
+      new Uint8Array(v.buffer, o, GO_HTTP_HOST_MAX).fill(0);
+      ascii("10.0.0.9:8443")(v, o);
+    },
   });
   assert.deepEqual(decodeGoHttpEvent(bytes), {
     kind: GoHttpKind.client,
@@ -66,7 +72,29 @@ Deno.test({ name: "the decoder reads struct go_http_event as clang lays it out",
     method: "POST",
     path: "/users/42",
     exeIndex: 2,
+    serverAddress: "10.0.0.9",
+    serverPort: 8443,
   });
+});
+
+Deno.test("peerOf() reads URL.Host with the scheme's default port, and nothing doubtful", () => {
+  const host = (text: string) => {
+    const b = new Uint8Array(GO_HTTP_HOST_MAX);
+    b.set(new TextEncoder().encode(text));
+    return b;
+  };
+  assert.deepEqual(peerOf(host("example.com"), 0, 0), {
+    serverAddress: "example.com",
+    serverPort: 80,
+  });
+  assert.deepEqual(peerOf(host("example.com"), 0, GoHttpFlag.https), {
+    serverAddress: "example.com",
+    serverPort: 443,
+  });
+  assert.deepEqual(peerOf(host("[::1]:8443"), 0, 0), { serverAddress: "::1", serverPort: 8443 });
+  assert.deepEqual(peerOf(host(""), 0, 0), {});
+  assert.deepEqual(peerOf(host("a.example:99"), 0, GoHttpFlag.longHost), {}, "truncated");
+  assert.deepEqual(peerOf(host("a:b:c"), 0, 0), {}, "not a host[:port]");
 });
 
 Deno.test({ name: "the decoder never reads past the method and path buffers", ignore }, () => {

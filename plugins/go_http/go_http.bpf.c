@@ -70,6 +70,12 @@ struct {
 } client_starts SEC(".maps");
 
 const volatile __u8 aggregate_in_kernel = 1;
+/*
+ * Client requests carry their URL.Host (the server_address/server_port labels are on). url.URL
+ * begins Scheme, Opaque, User, Host, Path: Host is the string just before Path, whatever the
+ * Go version (the same stable prefix as Path itself, see offsets.json).
+ */
+const volatile __u8 peer_labels = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -180,6 +186,23 @@ static __always_inline struct go_request *describe(struct go_start *start, __u8 
 		failed = true;
 		r->content_length = -1;
 	}
+	__builtin_memset(r->key.host, 0, sizeof(r->key.host));
+	if (peer_labels && kind == GO_HTTP_CLIENT && url) {
+		__u32 path_off = cookie_offset(cookie, 2);
+		__u64 hlen = read_go_string(r->key.host, GO_HTTP_HOST_MAX, url + path_off - 16,
+					    &failed);
+		if (hlen > GO_HTTP_HOST_MAX)
+			flags |= GO_HTTP_FLAG_LONG_HOST;
+		/* Scheme is url.URL's first field: "https" tells the default port. */
+		struct {
+			__u64 ptr;
+			__u64 len;
+		} scheme = {};
+		char first[8] = {};
+		if (!bpf_probe_read_user(&scheme, sizeof(scheme), (void *)url) && scheme.len == 5 &&
+		    !bpf_probe_read_user(first, 5, (void *)scheme.ptr) && first[4] == 's')
+			flags |= GO_HTTP_FLAG_HTTPS;
+	}
 	if (failed)
 		redprobe_count(GO_STAT_READ_FAILED);
 	r->key.flags = flags;
@@ -240,6 +263,7 @@ static __always_inline void complete(struct go_start *start, __u8 kind, __u16 st
 	__builtin_memset(e->method, 0, sizeof(e->method));
 	__builtin_memcpy(e->method, r->key.method, sizeof(r->key.method));
 	__builtin_memcpy(e->path, r->path.path, GO_HTTP_PATH_MAX);
+	__builtin_memcpy(e->host, r->key.host, GO_HTTP_HOST_MAX);
 	redprobe_submit(e);
 }
 

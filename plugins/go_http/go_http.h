@@ -17,6 +17,11 @@
 #define GO_HTTP_FLAG_PATH_TRUNCATED 0x01
 #define GO_HTTP_FLAG_NO_RESPONSE 0x02 /* client: roundTrip returned an error */
 #define GO_HTTP_FLAG_LONG_METHOD 0x04 /* a method longer than 8 bytes (exported as _OTHER) */
+#define GO_HTTP_FLAG_HTTPS 0x08       /* client: the URL's scheme is https (default port 443) */
+#define GO_HTTP_FLAG_LONG_HOST 0x10   /* client: URL.Host longer than GO_HTTP_HOST_MAX */
+
+/* Bytes of a client request's URL.Host kept (with peer labels on). */
+#define GO_HTTP_HOST_MAX 48
 
 /*
  * Every uprobe carries a 64-bit cookie (bpf_get_attach_cookie) with the struct field offsets of
@@ -45,6 +50,7 @@ struct go_http_event {
 	__u32 exe_index;      /* cookie bytes 5-6: 1 + index into go-http's `executables`, or 0 */
 	char method[GO_HTTP_METHOD_MAX];
 	char path[GO_HTTP_PATH_MAX];
+	char host[GO_HTTP_HOST_MAX]; /* as in go_agg_key */
 };
 
 /*
@@ -61,6 +67,7 @@ struct go_agg_key {
 	char method[8];  /* zero-padded; longer methods set GO_HTTP_FLAG_LONG_METHOD */
 	__u32 exe_index;
 	__u32 _pad;
+	char host[GO_HTTP_HOST_MAX]; /* client with peer labels on: URL.Host, zero-padded */
 };
 
 /* Value of the paths map (key: the path hash). */

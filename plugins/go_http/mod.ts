@@ -178,9 +178,16 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
   description: "Go net/http servers and clients (HTTP and HTTPS), from uprobes",
   bpfObject,
   optionsSchema: goHttpOptions,
-  constants: ({ options, buckets }) => {
+  constants: ({ options, buckets, optionalLabels }) => {
     const inKernel = options.aggregate_in_kernel && fitsInKernel(buckets);
-    return { aggregate_in_kernel: inKernel, ...histogramConstants(buckets, inKernel) };
+    return {
+      aggregate_in_kernel: inKernel,
+      ...histogramConstants(buckets, inKernel),
+      // URL.Host costs key space (series): read only when its labels are on.
+      peer_labels: (optionalLabels ?? []).some((l) =>
+        l === "server_address" || l === "server_port"
+      ),
+    };
   },
   aggregates: {
     map: "aggs",
@@ -199,6 +206,9 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
         route: routes.route(decodeGoPath(path), (key.flags & GoHttpFlag.pathTruncated) !== 0),
         ...histogramDelta(delta, buckets),
         exe: key.exeIndex > 0 ? options.executables[key.exeIndex - 1] : undefined,
+        ...(key.serverAddress
+          ? { serverAddress: key.serverAddress, serverPort: key.serverPort }
+          : {}),
       };
     },
   },
@@ -284,6 +294,7 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
       route: routes.route(e.path, (e.flags & GoHttpFlag.pathTruncated) !== 0),
       requestSizeBytes: Math.max(0, e.contentLength),
       exe: e.exeIndex > 0 ? options.executables[e.exeIndex - 1] : undefined,
+      ...(e.serverAddress ? { serverAddress: e.serverAddress, serverPort: e.serverPort } : {}),
     };
   },
 });

@@ -408,3 +408,37 @@ Deno.test({
     assert.ok((read[0]?.value ?? 0) > 0, "the requests came as records");
   },
 });
+
+Deno.test({
+  name: "with optional_labels, Go client requests carry server_address and server_port",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    assertBpfAvailable();
+    await using agent = await startAgent({
+      config: { metrics: { optional_labels: ["server_address", "server_port"] } },
+    });
+    await using server = await startGoServer({ stripped: true, tls: true });
+    await waitForGoHttp(agent, server.pid);
+    const client = await runGoClient({
+      stripped: true,
+      baseUrl: server.baseUrl,
+      requests: ["GET:/users/1:4", "GET:/status/404:2"],
+      beforeSending: (pid) => waitForGoHttp(agent, pid, true),
+    });
+    const samples = findSamples(
+      await agent.samples(),
+      "http_client_duration_seconds_count",
+      { target_instance: instanceOf(client.pid) },
+    );
+    const byPeer = Object.fromEntries(samples.map((s) => [
+      `${s.labels.http_response_status_code} ${s.labels.server_address}:${s.labels.server_port}`,
+      s.value,
+    ]));
+    assert.deepEqual(byPeer, {
+      [`200 127.0.0.1:${server.port}`]: 4,
+      [`404 127.0.0.1:${server.port}`]: 2,
+    });
+  },
+});
