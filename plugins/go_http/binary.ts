@@ -37,6 +37,12 @@ export interface GoHttpOffsets {
   urlPath: number;
   requestContentLength: number;
   responseStatusCode: number;
+  /**
+   * `net/http.response.status` (the server's *response), when DWARF or the table knows it for
+   * this exact Go version: the end probe then reads the status and no WriteHeader probe is
+   * needed (one uprobe hit fewer per request). Undefined: the WriteHeader probe is attached.
+   */
+  responseStatus?: number;
 }
 
 /** One probe: where it goes in the file, and whether the kernel emulates the instruction. */
@@ -93,6 +99,7 @@ const DWARF_FIELDS = {
   "net/http.Request": ["Method", "URL", "ContentLength"],
   "net/url.URL": ["Path"],
   "net/http.Response": ["StatusCode"],
+  "net/http.response": ["status"],
 };
 
 interface OffsetsTable {
@@ -106,7 +113,8 @@ export function tableOffsets(goVersion: string): GoHttpOffsets | undefined {
   if (!v) return undefined;
   const table = offsetsTable as unknown as OffsetsTable;
   const minor = `go${v.major}.${v.minor}`;
-  let fields: Record<string, number> | undefined = table.versions[minor];
+  const exact: Record<string, number> | undefined = table.versions[minor];
+  let fields = exact;
   // Versions not built here but inside the range where the fields go-http reads are known not
   // to move (offsets.json "stable", with its reasons): those fields of the nearest version.
   const stable = table.stable;
@@ -131,7 +139,10 @@ export function tableOffsets(goVersion: string): GoHttpOffsets | undefined {
     requestContentLength: get("net/http.Request.ContentLength"),
     responseStatusCode: get("net/http.Response.StatusCode"),
   };
-  return Object.values(offsets).every((n) => typeof n === "number") ? offsets : undefined;
+  if (!Object.values(offsets).every((n) => typeof n === "number")) return undefined;
+  // An unexported struct that changes between versions: only from this exact version's entry.
+  const status = exact?.["net/http.response.status"];
+  return status === undefined ? offsets : { ...offsets, responseStatus: status };
 }
 
 function dwarfOffsets(elf: ElfFile): GoHttpOffsets | undefined {
@@ -146,9 +157,12 @@ function dwarfOffsets(elf: ElfFile): GoHttpOffsets | undefined {
     requestContentLength: request?.get("ContentLength"),
     responseStatusCode: response?.get("StatusCode"),
   };
-  return Object.values(offsets).every((n) => n !== undefined)
-    ? offsets as GoHttpOffsets
-    : undefined;
+  if (!Object.values(offsets).every((n) => n !== undefined)) return undefined;
+  const status = found.get("net/http.response")?.get("status");
+  return {
+    ...offsets as GoHttpOffsets,
+    ...(status === undefined ? {} : { responseStatus: status }),
+  };
 }
 
 function site(elf: ElfFile, address: number, emulated: boolean, what: string): ProbeSite {
@@ -274,15 +288,31 @@ function analyze(bytes: Uint8Array): GoHttpBinary {
       `no DWARF and no struct offsets known for ${goVersion} (plugins/go_http/offsets.json)`,
     );
   }
-  if (Object.values(offsets).some((n) => n < 0 || n > 255)) {
+  if (
+    [
+      offsets.requestMethod,
+      offsets.requestUrl,
+      offsets.urlPath,
+      offsets.requestContentLength,
+      offsets.responseStatusCode,
+    ].some((n) => n < 0 || n > 255)
+  ) {
     throw new GoBinarySkip("unknown_go_version", `struct offsets of ${goVersion} out of range`);
   }
   const servesTls = fns.lookup(GO_FUNCTIONS.tlsServerHandshake) !== undefined;
   return { goVersion, servesTls, offsetsFrom, offsets, server, client };
 }
 
-/** Packs the offsets, executable index and flags into a probe cookie (go_http.h). */
-export function probeCookie(offsets: GoHttpOffsets, exeIndex = 0, anyProcess = false): bigint {
+/**
+ * Packs the offsets, executable index and flags into a probe cookie (go_http.h). With
+ * `statusAt`, byte 6 holds response.status / 8 for the HTTP/1 end site (0: not known there).
+ */
+export function probeCookie(
+  offsets: GoHttpOffsets,
+  exeIndex = 0,
+  anyProcess = false,
+  statusAt = false,
+): bigint {
   const bytes = [
     offsets.requestMethod,
     offsets.requestUrl,
@@ -292,9 +322,19 @@ export function probeCookie(offsets: GoHttpOffsets, exeIndex = 0, anyProcess = f
   ];
   let cookie = 0n;
   bytes.forEach((b, i) => cookie |= BigInt(b) << BigInt(8 * i));
-  cookie |= BigInt(exeIndex & 0xffff) << 40n;
+  cookie |= BigInt(exeIndex & 0xff) << 40n;
+  const status = offsets.responseStatus;
+  if (statusAt && status !== undefined && status % 8 === 0 && status / 8 <= 255) {
+    cookie |= BigInt(status / 8) << 48n;
+  }
   if (anyProcess) cookie |= 1n << 56n;
   return cookie;
+}
+
+/** Whether the end probe reads the status itself (no WriteHeader probe on HTTP/1). */
+export function readsStatusAtEnd(offsets: GoHttpOffsets): boolean {
+  const status = offsets.responseStatus;
+  return status !== undefined && status % 8 === 0 && status > 0 && status / 8 <= 255;
 }
 
 /** A file's identity: a binary replaced on disk is analysed again. */

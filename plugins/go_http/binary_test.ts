@@ -58,8 +58,9 @@ Deno.test({
     assert.match(full.goVersion, /^go1\.19/);
     assert.equal(full.offsetsFrom, "dwarf");
     assert.equal(stripped.offsetsFrom, "table");
-    assert.deepEqual(full.offsets, GO19_OFFSETS);
-    assert.deepEqual(stripped.offsets, GO19_OFFSETS);
+    // Go 1.19 exactly: response.status is known too (DWARF, or the table's go1.19 entry).
+    assert.deepEqual(full.offsets, { ...GO19_OFFSETS, responseStatus: 120 });
+    assert.deepEqual(stripped.offsets, { ...GO19_OFFSETS, responseStatus: 120 });
     // The code is the same; only symbols and DWARF differ.
     assert.deepEqual(full.server, stripped.server);
     assert.deepEqual(full.client, stripped.client);
@@ -164,7 +165,8 @@ Deno.test({
 });
 
 Deno.test("the offsets table covers its stable range and nothing beyond", () => {
-  assert.deepEqual(tableOffsets("go1.19.8"), GO19_OFFSETS);
+  assert.deepEqual(tableOffsets("go1.19.8"), { ...GO19_OFFSETS, responseStatus: 120 });
+  // Other versions: only the stable fields; response.status moves between versions.
   assert.deepEqual(tableOffsets("go1.22.3"), GO19_OFFSETS);
   assert.deepEqual(tableOffsets("go1.26.5"), GO19_OFFSETS);
   assert.equal(tableOffsets("go1.27.0"), undefined);
@@ -182,6 +184,9 @@ Deno.test("probe cookies pack the five offsets, the executable index and the any
   assert.equal((cookie >> 40n) & 0xffffn, 3n);
   assert.equal(cookie >> 56n, 1n);
   assert.equal(probeCookie(GO19_OFFSETS) >> 40n, 0n);
+  const withStatus = { ...GO19_OFFSETS, responseStatus: 120 };
+  assert.equal((probeCookie(withStatus, 0, false, true) >> 48n) & 0xffn, 15n, "120 / 8");
+  assert.equal(probeCookie(withStatus) >> 48n, 0n, "only where asked");
 });
 
 Deno.test("looksLikeGo reads only section names: Go yes, C no, missing file no", () => {

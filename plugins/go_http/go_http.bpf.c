@@ -159,7 +159,7 @@ static __always_inline struct go_request *describe(struct go_start *start, __u8 
 	r->key.tgid = bpf_get_current_pid_tgid() >> 32;
 	r->key.status = status;
 	r->key.kind = kind;
-	r->key.exe_index = (cookie >> 40) & 0xffff;
+	r->key.exe_index = (cookie >> 40) & 0xff;
 	r->key._pad = 0;
 	*(__u64 *)r->key.method = 0;
 	r->method_len = read_go_string(r->key.method, sizeof(r->key.method),
@@ -308,7 +308,8 @@ int go_server_status(struct pt_regs *ctx)
 SEC("uprobe")
 int go_server_end(struct pt_regs *ctx)
 {
-	if (!go_is_target(bpf_get_attach_cookie(ctx)))
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	if (!go_is_target(cookie))
 		return 0;
 	struct go_key key = { .ptr = ctx->ax, .tgid = bpf_get_current_pid_tgid() >> 32 };
 	struct go_start *start = bpf_map_lookup_elem(&server_starts, &key);
@@ -316,8 +317,21 @@ int go_server_end(struct pt_regs *ctx)
 		redprobe_count(GO_STAT_SERVER_UNPAIRED);
 		return 0;
 	}
+	__u32 status = start->status;
+	/*
+	 * Where the agent knows where response.status is (cookie byte 6), read it here instead of
+	 * probing WriteHeader: WriteHeader stores the first final status there (1xx are written
+	 * and not stored), so 0 means it has not run yet.
+	 */
+	__u32 status_at = ((cookie >> 48) & 0xff) * 8;
+	if (status_at) {
+		__s64 code = 0;
+		if (bpf_probe_read_user(&code, sizeof(code), (void *)(ctx->ax + status_at)))
+			redprobe_count(GO_STAT_READ_FAILED);
+		status = code >= 100 && code <= 999 ? code : 0;
+	}
 	/* No WriteHeader yet: Go is about to send its implicit 200 (HTTP/1 and HTTP/2 alike). */
-	complete(start, GO_HTTP_SERVER, start->status ? start->status : 200, 0);
+	complete(start, GO_HTTP_SERVER, status ? status : 200, 0);
 	bpf_map_delete_elem(&server_starts, &key);
 	return 0;
 }

@@ -29,7 +29,9 @@
  *
  *   byte 0  Request.Method        byte 3  Request.ContentLength
  *   byte 1  Request.URL           byte 4  Response.StatusCode
- *   byte 2  url.URL.Path          bytes 5-6  executable index (see exe_index)
+ *   byte 2  url.URL.Path          byte 5  executable index (see exe_index)
+ *                                 byte 6  response.status / 8, on the HTTP/1 end site only
+ *                                         (0: the status comes from the WriteHeader probe)
  *                                 byte 7  flags (GO_COOKIE_ANY_PROCESS)
  *
  * Offsets above 255 cannot be encoded: the agent refuses such a binary rather than guess.
@@ -47,7 +49,7 @@ struct go_http_event {
 	__u8 method_len;
 	__u8 _pad0;
 	__u16 path_len;       /* bytes of path[] used */
-	__u32 exe_index;      /* cookie bytes 5-6: 1 + index into go-http's `executables`, or 0 */
+	__u32 exe_index;      /* cookie byte 5: 1 + index into go-http's `executables`, or 0 */
 	char method[GO_HTTP_METHOD_MAX];
 	char path[GO_HTTP_PATH_MAX];
 	char host[GO_HTTP_HOST_MAX]; /* as in go_agg_key */

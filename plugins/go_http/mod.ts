@@ -31,7 +31,15 @@ import {
   GoHttpFlag,
   GoHttpKind,
 } from "./decode.ts";
-import { GoBinaryCache, GoBinarySkip, type GoHttpBinary, probeCookie } from "./binary.ts";
+import {
+  GoBinaryCache,
+  GoBinarySkip,
+  type GoHttpBinary,
+  type GoHttpOffsets,
+  probeCookie,
+  type ProbeSite,
+  readsStatusAtEnd,
+} from "./binary.ts";
 
 const binaries = new GoBinaryCache();
 
@@ -52,7 +60,7 @@ export const goHttpOptions = z.strictObject({
    * that would finish before a /proc poll notices them. Each must be a Go program go-http can
    * instrument.
    */
-  executables: z.array(z.string().min(1)).max(65535).default([]).superRefine((paths, ctx) => {
+  executables: z.array(z.string().min(1)).max(255).default([]).superRefine((paths, ctx) => {
     paths.forEach((path, i) => {
       const result = binaries.analyze(path);
       if (result instanceof GoBinarySkip) {
@@ -134,36 +142,49 @@ export function probesFor(
   cookie: bigint,
   options: { server: boolean; pid?: number },
 ): AttachSpec[] {
-  const sites: Record<typeof PROGRAMS[number], number[]> = {
+  const sites: Record<typeof PROGRAMS[number], { offset: number; cookie: bigint }[]> = {
     go_server_start: [],
     go_server_status: [],
     go_server_end: [],
     go_client_start: [],
     go_client_end: [],
   };
+  const at = (program: typeof PROGRAMS[number], site: ProbeSite, c = cookie) =>
+    sites[program].push({ offset: site.fileOffset, cookie: c });
   const server = options.server ? binary.server : undefined;
   if (server) {
-    sites.go_server_start.push(server.start.fileOffset);
-    sites.go_server_status.push(server.status.fileOffset);
-    sites.go_server_end.push(server.end.fileOffset);
+    at("go_server_start", server.start);
+    // Where response.status is known, the HTTP/1 end probe reads it (its cookie says where)
+    // and WriteHeader needs no probe: one uprobe hit fewer per request.
+    if (readsStatusAtEnd(binary.offsets)) {
+      at("go_server_end", server.end, cookie | statusCookieBits(binary.offsets));
+    } else {
+      at("go_server_status", server.status);
+      at("go_server_end", server.end);
+    }
     // HTTP/2 requests start in the same ServeHTTP, keyed by their *http2responseWriter.
     if (server.http2) {
-      sites.go_server_status.push(server.http2.status.fileOffset);
-      sites.go_server_end.push(server.http2.end.fileOffset);
+      at("go_server_status", server.http2.status);
+      at("go_server_end", server.http2.end);
     }
   }
   if (binary.client) {
-    sites.go_client_start.push(binary.client.start.fileOffset);
-    sites.go_client_end.push(...binary.client.returns.map((r) => r.fileOffset));
+    at("go_client_start", binary.client.start);
+    for (const ret of binary.client.returns) at("go_client_end", ret);
   }
   return PROGRAMS.filter((program) => sites[program].length > 0).map((program) => ({
     kind: "uprobe-multi",
     program,
     binaryPath,
-    offsets: sites[program],
-    cookies: sites[program].map(() => cookie),
+    offsets: sites[program].map((s) => s.offset),
+    cookies: sites[program].map((s) => s.cookie),
     ...(options.pid ? { pid: options.pid } : {}),
   }));
+}
+
+/** Cookie byte 6: response.status / 8 (see go_http.h). */
+function statusCookieBits(offsets: GoHttpOffsets): bigint {
+  return BigInt((offsets.responseStatus ?? 0) / 8) << 48n;
 }
 
 /** Executables attached for every process, by file identity (set when the plugin starts). */

@@ -190,3 +190,29 @@ Deno.test("go-http skip_executables leaves matching Go processes to kprobe-http"
   assert.equal(typeof plugin.appliesTo!(target("/usr/bin/hey"), ctx), "object");
   assert.equal(plugin.selectsExecutable!("/usr/bin/hey", 1, ctx), false);
 });
+
+Deno.test("go-http reads response.status at the end where it is known: no HTTP/1 WriteHeader probe", () => {
+  const server = {
+    start: site(),
+    status: { ...site(), fileOffset: 2 },
+    end: { ...site(), fileOffset: 3 },
+    http2: { status: { ...site(), fileOffset: 4 }, end: { ...site(), fileOffset: 5 } },
+  };
+  const binary: GoHttpBinary = {
+    goVersion: "go1.19.8",
+    servesTls: true,
+    offsetsFrom: "table",
+    offsets: { ...OFFSETS, responseStatus: 120 },
+    server,
+  };
+  const specs = probesFor(binary, "/x", 7n, { server: true });
+  const by = Object.fromEntries(
+    specs.map((s) => s.kind === "uprobe-multi" ? [s.program, s] : [s.kind, s]),
+  );
+  const status = by.go_server_status;
+  const end = by.go_server_end;
+  assert.ok(status.kind === "uprobe-multi" && end.kind === "uprobe-multi");
+  assert.deepEqual(status.offsets, [4], "HTTP/2's WriteHeader only");
+  assert.deepEqual(end.offsets, [3, 5]);
+  assert.deepEqual(end.cookies, [7n | (15n << 48n), 7n], "the HTTP/1 end reads status at 120");
+});
