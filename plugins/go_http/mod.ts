@@ -237,7 +237,7 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
     server_starts: options.max_in_flight,
     client_starts: options.max_in_flight,
   }),
-  // The server side is either go-http's or kprobe-http's, never both (see `servers`).
+  // One uprobe_multi link per program and binary (see PROGRAMS).
   uprobeMultiPrograms: PROGRAMS,
   // The server side is either go-http's or kprobe-http's, never both (see `servers`); a Go
   // program's client calls are always go-http's.
