@@ -319,6 +319,12 @@ export class PluginHost implements AsyncDisposable {
     const lookup = (name: string, key: Uint8Array<ArrayBuffer>) =>
       this.#object.map(name).lookup(key);
     const gone: Uint8Array<ArrayBuffer>[] = [];
+    const living = new Map<number, boolean>();
+    const isAlive = (pid: number) => {
+      let yes = living.get(pid);
+      if (yes === undefined) living.set(pid, yes = alive(pid));
+      return yes;
+    };
     for (const key of map.keys()) {
       const total = map.lookupSummedU64(key);
       if (!total) continue;
@@ -338,8 +344,11 @@ export class PluginHost implements AsyncDisposable {
       }
       const pid = spec.pidOf(key);
       // A process that exited: its keys were just read a last time. Processes that were never
-      // targets (probes on an executable for every process) are checked for life here.
-      if (pid === forget || (forget === undefined && !this.#targetLinks.has(pid) && !alive(pid))) {
+      // targets (probes on an executable for every process, kprobe-http's clients of any
+      // process) are checked for life here, once per pass whatever their number of keys.
+      if (
+        pid === forget || (forget === undefined && !this.#targetLinks.has(pid) && !isAlive(pid))
+      ) {
         gone.push(key);
         this.#aggregatesSeen.delete(id);
       }
