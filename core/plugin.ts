@@ -157,6 +157,11 @@ export interface PluginContext<Options> {
   optionalLabels?: readonly string[];
 }
 
+/** Whether the exporter's optional labels include the client side's peer (server_address/port). */
+export function peerLabelsOn(optionalLabels: readonly string[] = []): boolean {
+  return optionalLabels.some((l) => l === "server_address" || l === "server_port");
+}
+
 /** The contract. `E` is the plugin's decoded event type, `O` its options type. */
 export interface PluginDefinition<E = unknown, O = Record<string, unknown>> {
   /** Stable id: lower-case words joined by `-` (`kprobe-http`). Used in config and labels. */

@@ -18,7 +18,12 @@
  * @module
  */
 import { z } from "zod";
-import { type AttachSpec, definePlugin, type TargetProcess } from "../../core/plugin.ts";
+import {
+  type AttachSpec,
+  definePlugin,
+  peerLabelsOn,
+  type TargetProcess,
+} from "../../core/plugin.ts";
 import { RouteCache } from "../../lib/route.ts";
 import bpfObject from "./go_http.bpf.o" with { type: "bytes" };
 import { fitsInKernel, histogramConstants, histogramDelta } from "../../lib/red_histogram.ts";
@@ -205,9 +210,7 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
       aggregate_in_kernel: inKernel,
       ...histogramConstants(buckets, inKernel),
       // URL.Host costs key space (series): read only when its labels are on.
-      peer_labels: (optionalLabels ?? []).some((l) =>
-        l === "server_address" || l === "server_port"
-      ),
+      peer_labels: peerLabelsOn(optionalLabels),
     };
   },
   aggregates: {

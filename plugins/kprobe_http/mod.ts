@@ -10,7 +10,7 @@
  * @module
  */
 import { z } from "zod";
-import { definePlugin, type MapLookup } from "../../core/plugin.ts";
+import { definePlugin, type MapLookup, peerLabelsOn } from "../../core/plugin.ts";
 import { parseDurationMs } from "../../lib/duration.ts";
 import { RouteCache } from "../../lib/route.ts";
 import bpfObject from "./kprobe_http.bpf.o" with { type: "bytes" };
@@ -83,9 +83,7 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
       client_mode: { off: 0, targets: 1, every_process: 2 }[options.clients],
       agent_tgid: Deno.pid,
       // The peer costs key space (series): recorded only when its labels are on.
-      peer_labels: (optionalLabels ?? []).some((l) =>
-        l === "server_address" || l === "server_port"
-      ),
+      peer_labels: peerLabelsOn(optionalLabels),
     };
   },
   maxEntries: ({ options }) => ({ conns: options.max_connections }),
