@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import { type AgentHandle, startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
-import { findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
+import { countsByRequest, findSamples, sumSamples } from "../support/prom_text.ts";
 import { runGoClient, startGoServer } from "../support/go_programs.ts";
 import { npmBinary } from "../support/npm_binaries.ts";
 import { ManagedProcess } from "../support/managed_process.ts";
@@ -57,16 +57,6 @@ function expectedCounts(plan: Planned[]): { counts: Counts; bytes: Counts } {
     bytes[key] = (bytes[key] ?? 0) + p.count * p.bodyBytes;
   }
   return { counts, bytes };
-}
-
-function countsOf(samples: Sample[], metric: string, match: Record<string, string>): Counts {
-  const out: Counts = {};
-  for (const s of findSamples(samples, metric, match)) {
-    const key =
-      `${s.labels.http_request_method} ${s.labels.http_response_status_code} ${s.labels.http_route}`;
-    out[key] = (out[key] ?? 0) + s.value;
-  }
-  return out;
 }
 
 function sorted(c: Counts): Counts {
@@ -115,12 +105,12 @@ async function checkFixtures(
   const serverSide = { target_instance: instanceOf(server.pid) };
   const clientSide = { target_instance: instanceOf(client.pid) };
   assert.deepEqual(
-    sorted(countsOf(samples, "http_server_duration_seconds_count", serverSide)),
+    sorted(countsByRequest(samples, "http_server_duration_seconds_count", serverSide)),
     sorted(counts),
     "server counts",
   );
   assert.deepEqual(
-    sorted(countsOf(samples, "http_client_duration_seconds_count", clientSide)),
+    sorted(countsByRequest(samples, "http_client_duration_seconds_count", clientSide)),
     sorted(counts),
     "client counts",
   );
@@ -130,7 +120,7 @@ async function checkFixtures(
       ["http_client_request_size_bytes_sum", clientSide],
     ] as const
   ) {
-    assert.deepEqual(sorted(countsOf(samples, metric, side)), sorted(bytes), metric);
+    assert.deepEqual(sorted(countsByRequest(samples, metric, side)), sorted(bytes), metric);
   }
   // Nothing else was measured for these processes (no kprobe-http double count, no strays).
   for (const side of [serverSide, clientSide]) {
@@ -191,7 +181,7 @@ Deno.test({
         assert.deepEqual(lines, [...Array(6).fill("2 200"), ...Array(2).fill("2 503")]);
         const samples = await agent.samples();
         assert.deepEqual(
-          sorted(countsOf(samples, "http_server_duration_seconds_count", {
+          sorted(countsByRequest(samples, "http_server_duration_seconds_count", {
             target_instance: instanceOf(server.pid),
           })),
           { "GET 200 /users/{id}": 6, "GET 503 /status/{id}": 2 },
@@ -211,11 +201,11 @@ Deno.test({
       assert.match(new TextDecoder().decode(out.stdout), /\[200\]\s+40 responses/);
       const samples = await agent.samples();
       assert.deepEqual(
-        countsOf(samples, "http_client_duration_seconds_count", { service_name: "hey" }),
+        countsByRequest(samples, "http_client_duration_seconds_count", { service_name: "hey" }),
         { "GET 200 /users/{id}": 40 },
       );
       assert.deepEqual(
-        countsOf(samples, "http_server_duration_seconds_count", {
+        countsByRequest(samples, "http_server_duration_seconds_count", {
           target_instance: instanceOf(server.pid),
         }),
         { "GET 200 /users/{id}": 40 },
@@ -270,12 +260,12 @@ Deno.test({
       }
       const scrapes = await target.served("/scrape");
       const samples = await agent.samples();
-      const server = countsOf(samples, "http_server_duration_seconds_count", {
+      const server = countsByRequest(samples, "http_server_duration_seconds_count", {
         target_instance: instanceOf(prometheus.pid),
       });
       assert.equal(server["GET 200 /api/v1/query"], 6, JSON.stringify(server));
       assert.equal(server["GET 404 /api/v1/nope"], 3, JSON.stringify(server));
-      const client = countsOf(samples, "http_client_duration_seconds_count", {
+      const client = countsByRequest(samples, "http_client_duration_seconds_count", {
         target_instance: instanceOf(prometheus.pid),
       });
       assert.deepEqual(client, { "GET 404 /scrape": scrapes });
@@ -303,7 +293,7 @@ Deno.test({
         }
         const samples = await agent.samples();
         assert.deepEqual(
-          sorted(countsOf(samples, "http_server_duration_seconds_count", {
+          sorted(countsByRequest(samples, "http_server_duration_seconds_count", {
             target_instance: instanceOf(proc.pid),
           })),
           { "GET 200 /hello.txt": 7, "GET 404 /missing.txt": 4 },
@@ -354,11 +344,11 @@ Deno.test({
     for (let i = 0; i < 3; i++) await (await fetch(`${plain.baseUrl}/call?url=${target}`)).text();
     const samples = await agent.samples();
     const mine = { target_instance: instanceOf(plain.pid) };
-    assert.deepEqual(sorted(countsOf(samples, "http_server_duration_seconds_count", mine)), {
+    assert.deepEqual(sorted(countsByRequest(samples, "http_server_duration_seconds_count", mine)), {
       "GET 200 /users/{id}": 6,
       "GET 418 /call": 3,
     });
-    assert.deepEqual(countsOf(samples, "http_client_duration_seconds_count", mine), {
+    assert.deepEqual(countsByRequest(samples, "http_client_duration_seconds_count", mine), {
       "GET 418 /status/{id}": 3,
     });
   },
@@ -383,7 +373,7 @@ Deno.test({
     for (let i = 0; i < 9; i++) await (await fetch(`${server.baseUrl}/users/${i}`)).text();
     for (let i = 0; i < 2; i++) await (await fetch(`${server.baseUrl}/status/502`)).text();
     assert.deepEqual(
-      sorted(countsOf(await agent.samples(), "http_server_duration_seconds_count", {
+      sorted(countsByRequest(await agent.samples(), "http_server_duration_seconds_count", {
         target_instance: instanceOf(server.pid),
       })),
       { "GET 200 /users/{id}": 9, "GET 502 /status/{id}": 2 },

@@ -8,19 +8,14 @@
 import assert from "node:assert/strict";
 import { startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
-import { findSamples, type Sample } from "../support/prom_text.ts";
+import { countsByRequest, findSamples, type Sample } from "../support/prom_text.ts";
 import { sendRequests, startNginx, startPython } from "../support/mod.ts";
 
 type Counts = Record<string, number>;
 
+/** http_client_duration_seconds_count per "METHOD STATUS ROUTE", for the processes `match` selects. */
 function clientCounts(samples: Sample[], match: Record<string, string>): Counts {
-  const out: Counts = {};
-  for (const s of findSamples(samples, "http_client_duration_seconds_count", match)) {
-    const key =
-      `${s.labels.http_request_method} ${s.labels.http_response_status_code} ${s.labels.http_route}`;
-    out[key] = (out[key] ?? 0) + s.value;
-  }
-  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
+  return countsByRequest(samples, "http_client_duration_seconds_count", match);
 }
 
 async function run(cmd: string, args: string[]): Promise<{ pid: number; out: string }> {

@@ -70,3 +70,21 @@ export function sumSamples(
 ): number {
   return findSamples(samples, name, match).reduce((a, s) => a + s.value, 0);
 }
+
+/**
+ * The values of `metric` matching `match`, summed per `"METHOD STATUS ROUTE"` (the HTTP labels
+ * end-to-end tests compare with what they sent), keys sorted for readable diffs.
+ */
+export function countsByRequest(
+  samples: Sample[],
+  metric: string,
+  match: Record<string, string> = {},
+): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const s of findSamples(samples, metric, match)) {
+    const key =
+      `${s.labels.http_request_method} ${s.labels.http_response_status_code} ${s.labels.http_route}`;
+    out[key] = (out[key] ?? 0) + s.value;
+  }
+  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
+}
