@@ -33,6 +33,28 @@ const volatile __u64 size_bounds[RED_HIST_BUCKETS - 1] = {
 	0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
 };
 
+/* A zeroed histogram to insert new keys from (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct red_histogram);
+} agg_template SEC(".maps");
+
+/*
+ * The histogram of a new `key` in the per-CPU hash `aggs`: inserted zeroed (EEXIST: another
+ * CPU inserted it first, just as good), then looked up. NULL when the map is full.
+ */
+static __always_inline struct red_histogram *red_histogram_insert(void *aggs, const void *key)
+{
+	__u32 zero = 0;
+	struct red_histogram *empty = bpf_map_lookup_elem(&agg_template, &zero);
+	if (!empty)
+		return NULL;
+	bpf_map_update_elem(aggs, key, empty, BPF_NOEXIST);
+	return bpf_map_lookup_elem(aggs, key);
+}
+
 /* Index of the histogram bucket of v: the number of bounds below it. */
 static __always_inline __u32 red_bucket_of(__u64 v, const volatile __u64 *bounds, __u32 count)
 {

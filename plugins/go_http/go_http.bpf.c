@@ -100,14 +100,6 @@ struct {
 	__type(value, struct go_path);
 } paths SEC(".maps");
 
-/* A zeroed histogram to insert new keys from (too big for the BPF stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct red_histogram);
-} agg_template SEC(".maps");
-
 /* One completed request being described: its key and path (too big for the BPF stack). */
 struct go_request {
 	struct go_agg_key key;
@@ -226,12 +218,7 @@ static __always_inline bool aggregate(struct go_request *r, __u64 duration)
 		long err = bpf_map_update_elem(&paths, &r->key.path_hash, &r->path, BPF_NOEXIST);
 		if (err && err != -17 /* EEXIST */)
 			return false;
-		__u32 zero = 0;
-		struct red_histogram *empty = bpf_map_lookup_elem(&agg_template, &zero);
-		if (!empty)
-			return false;
-		bpf_map_update_elem(&aggs, &r->key, empty, BPF_NOEXIST); /* EEXIST: fine */
-		agg = bpf_map_lookup_elem(&aggs, &r->key);
+		agg = red_histogram_insert(&aggs, &r->key);
 		if (!agg)
 			return false;
 	}

@@ -273,14 +273,6 @@ struct {
 	__type(value, struct http_path);
 } path_scratch SEC(".maps");
 
-/* A zeroed histogram to insert new keys from (too big for the BPF stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct red_histogram);
-} agg_template SEC(".maps");
-
 struct window {
 	__u8 bytes[WINDOW + 16]; /* slack: two 8-byte loads may start anywhere in the window */
 	struct parse_state st;
@@ -480,14 +472,8 @@ static __always_inline bool complete_request(struct http_conn *c, __u32 seq, __u
 			bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
 		return false;
 	}
-	if (!agg && can_aggregate) {
-		__u32 zero = 0;
-		struct red_histogram *empty = bpf_map_lookup_elem(&agg_template, &zero);
-		if (empty) {
-			bpf_map_update_elem(&aggs, &key, empty, BPF_NOEXIST); /* EEXIST: another CPU won */
-			agg = bpf_map_lookup_elem(&aggs, &key);
-		}
-	}
+	if (!agg && can_aggregate)
+		agg = red_histogram_insert(&aggs, &key);
 	if (agg) {
 		red_histogram_add(agg, duration, size);
 		redprobe_count(HTTP_STAT_AGGREGATED);
