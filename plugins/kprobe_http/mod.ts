@@ -22,7 +22,7 @@ import {
   HttpEventFlag,
   HttpEventKind,
   type HttpRequestEvent,
-} from "./decode.ts";
+} from "../../lib/http1_records.ts";
 import { fitsInKernel, histogramConstants, histogramDelta } from "../../lib/red_histogram.ts";
 
 const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {

@@ -7,7 +7,7 @@ import {
   HttpEventFlag,
   HttpEventKind,
   type HttpRequestEvent,
-} from "./decode.ts";
+} from "../../lib/http1_records.ts";
 import plugin, { kprobeHttpOptions } from "./mod.ts";
 
 type EventInput = Parameters<typeof encodeHttpRequestEvent>[0];

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { type Btf, btfOfElf, findType, structLayout, typeSize } from "../../lib/btf.ts";
-import { hasTool } from "../../tests/support/tools.ts";
-import { headerStructBtf } from "../../tests/support/bpf_layout.ts";
+import { type Btf, btfOfElf, findType, structLayout, typeSize } from "./btf.ts";
+import { hasTool } from "../tests/support/tools.ts";
+import { headerStructBtf } from "../tests/support/bpf_layout.ts";
 import {
   decodeHttpRequestEvent,
   encodeHttpRequestEvent,
@@ -12,11 +12,13 @@ import {
   HttpEventFlag,
   HttpEventKind,
   type HttpRequestEvent,
-} from "./decode.ts";
+} from "./http1_records.ts";
 
-const HERE = new URL(".", import.meta.url);
-const HEADER_URL = new URL("kprobe_http.h", HERE);
-const OBJECT_URL = new URL("kprobe_http.bpf.o", HERE);
+const HEADER_URL = new URL("../bpf/http1.h", import.meta.url);
+/** The objects whose records this module decodes. */
+const OBJECT_URLS = [
+  new URL("../plugins/kprobe_http/kprobe_http.bpf.o", import.meta.url),
+];
 
 /** The fields of a decoded event as plain data (the event itself computes some lazily). */
 function fields(e: HttpRequestEvent) {
@@ -205,11 +207,11 @@ function defines(prefix: string): Map<string, number> {
 
 function enumValues(name: string): Map<string, number> {
   const body = new RegExp(`enum ${name} \\{([^}]*)\\}`).exec(headerText)?.[1];
-  assert.ok(body, `enum ${name} in kprobe_http.h`);
+  assert.ok(body, `enum ${name} in bpf/http1.h`);
   return new Map([...body.matchAll(/(\w+)\s*=\s*(\d+)/g)].map((m) => [m[1], Number(m[2])]));
 }
 
-Deno.test("HTTP_PATH_MAX and the kind and flag values match kprobe_http.h", () => {
+Deno.test("HTTP_PATH_MAX and the kind and flag values match bpf/http1.h", () => {
   assert.equal(defines("HTTP_PATH_MAX").get("HTTP_PATH_MAX"), HTTP_PATH_MAX);
   assert.deepEqual(Object.fromEntries(defines("HTTP_EVENT_")), {
     HTTP_EVENT_SERVER_REQUEST: HttpEventKind.serverRequest,
@@ -229,7 +231,7 @@ Deno.test("HTTP_PATH_MAX and the kind and flag values match kprobe_http.h", () =
   );
 });
 
-Deno.test("HTTP_METHODS is enum http_method of kprobe_http.h, in order", () => {
+Deno.test("HTTP_METHODS is enum http_method of bpf/http1.h, in order", () => {
   const methods = enumValues("http_method");
   assert.equal(methods.size, HTTP_METHODS.length);
   for (const [name, value] of methods) {
@@ -238,7 +240,7 @@ Deno.test("HTTP_METHODS is enum http_method of kprobe_http.h, in order", () => {
   }
 });
 
-Deno.test("HTTP_KERNEL_COUNTERS names every enum http_stat index of kprobe_http.h", () => {
+Deno.test("HTTP_KERNEL_COUNTERS names every enum http_stat index of bpf/http1.h", () => {
   const stats = enumValues("http_stat");
   const max = stats.get("HTTP_STAT_MAX");
   stats.delete("HTTP_STAT_MAX");
@@ -341,11 +343,11 @@ function assertDecoderMatchesBtf(btf: Btf): void {
 
 Deno.test({
   name:
-    "decodeHttpRequestEvent() offsets match struct http_request_event as clang lays out kprobe_http.h",
+    "decodeHttpRequestEvent() offsets match struct http_request_event as clang lays out bpf/http1.h",
   ignore: !hasTool("clang"),
   async fn() {
     const btf = await headerStructBtf(
-      new URL("kprobe_http.h", HERE).pathname,
+      HEADER_URL.pathname,
       "http_request_event",
     );
     assertDecoderMatchesBtf(btf);
@@ -356,18 +358,16 @@ Deno.test({
   },
 });
 
-// The committed object only carries the struct in its BTF if kprobe_http.bpf.c anchors it (it
-// is otherwise only reached through the pointer bpf_ringbuf_reserve() returns, which clang does
-// not describe). Until then this test is reported as ignored, not passed.
-const committedBtf = btfOfElf(await Deno.readFile(OBJECT_URL));
-const committedHasEvent = findType(committedBtf, "struct", "http_request_event") !== undefined;
-
-Deno.test({
-  name: committedHasEvent
-    ? "decodeHttpRequestEvent() offsets match struct http_request_event in the committed kprobe_http.bpf.o"
-    : "decodeHttpRequestEvent() offsets match the committed kprobe_http.bpf.o (IGNORED: its BTF has no struct http_request_event)",
-  ignore: !committedHasEvent,
-  fn() {
-    assertDecoderMatchesBtf(committedBtf);
-  },
-});
+// Each object keeps the struct in its BTF through the anchor in http1_engine.h (it is otherwise
+// only reached through the pointer bpf_ringbuf_reserve() returns, which clang does not describe).
+for (const url of OBJECT_URLS) {
+  const name = url.pathname.split("/").pop();
+  Deno.test(`decodeHttpRequestEvent() offsets match struct http_request_event in the committed ${name}`, async () => {
+    const btf = btfOfElf(await Deno.readFile(url));
+    assert.ok(
+      findType(btf, "struct", "http_request_event"),
+      `${name} has no struct http_request_event`,
+    );
+    assertDecoderMatchesBtf(btf);
+  });
+}

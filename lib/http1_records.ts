@@ -1,17 +1,19 @@
 /**
- * Decoder for `struct http_request_event` (must match kprobe_http.h: the offsets below are that
- * struct's, little-endian, 144 bytes). Pure: bytes in, a plain object out; it copies what it
+ * Decoder for the records and keys of the HTTP/1 engine (bpf/http1_engine.h) that kprobe-http
+ * and tls-uprobe share: `struct http_request_event`, `struct http_agg_key`, `struct http_path`
+ * (they must match bpf/http1.h: the offsets below are those structs', little-endian; the test
+ * checks them against the header and the committed objects). Pure: bytes in, a plain object out; it copies what it
  * keeps, because the bytes are a view into the ring buffer that is reused once it returns.
  *
  * @module
  */
-import { ByteStringCache } from "../../lib/byte_strings.ts";
-import { KNOWN_HTTP_METHODS } from "../../lib/http_methods.ts";
-import { formatIp } from "../../lib/ip.ts";
+import { ByteStringCache } from "./byte_strings.ts";
+import { KNOWN_HTTP_METHODS } from "./http_methods.ts";
+import { formatIp } from "./ip.ts";
 
 /** sizeof(struct http_request_event). */
 export const HTTP_EVENT_SIZE = 168;
-/** HTTP_PATH_MAX in kprobe_http.h. */
+/** HTTP_PATH_MAX in bpf/http1.h. */
 export const HTTP_PATH_MAX = 96;
 
 const OFFSET = {
@@ -191,7 +193,7 @@ function latin1Bytes(text: string): Uint8Array {
 /** sizeof(struct http_agg_key). */
 export const HTTP_AGG_KEY_SIZE = 40;
 
-/** struct http_agg_key (kprobe_http.h). */
+/** struct http_agg_key (bpf/http1.h). */
 export interface HttpAggKey {
   /** The path hash, as the 8 key bytes of the paths map. */
   pathHash: Uint8Array<ArrayBuffer>;

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /*
- * Structs shared between kprobe_http.bpf.c and the TypeScript decoder (decode.ts must match this
- * file: offsets are asserted there). Fixed sizes, explicit padding, little-endian.
+ * The HTTP/1 records and keys of kprobe-http and tls-uprobe (bpf/http1_engine.h), shared with
+ * the TypeScript decoder lib/http1_records.ts (its test asserts the offsets against this file
+ * and the committed objects). Fixed sizes, explicit padding, little-endian.
  */
-#ifndef KPROBE_HTTP_H
-#define KPROBE_HTTP_H
+#ifndef HTTP1_H
+#define HTTP1_H
 
 /* Bytes of the request path kept per request (longer paths are truncated and flagged). */
 #define HTTP_PATH_MAX 96
@@ -73,7 +74,7 @@ struct http_peer {
 };
 
 struct http_agg_key {
-	__u64 path_hash; /* see path_hash() in kprobe_http.bpf.c; resolved through the paths map */
+	__u64 path_hash; /* see path_hash() in http1_engine.h; resolved through the paths map */
 	__u32 tgid;
 	__u16 status;
 	__u8 method;
@@ -107,4 +108,4 @@ struct http_request_event {
 	struct http_peer peer;
 };
 
-#endif /* KPROBE_HTTP_H */
+#endif /* HTTP1_H */
