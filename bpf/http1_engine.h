@@ -17,6 +17,11 @@
  * The including object defines nothing of this; it provides the hooks, finds the connection
  * (http_conn_create / bpf_map_lookup_elem(&conns, key)) and calls parse_io / fast_response /
  * count_only_io / http_conn_closing.
+ *
+ * Request timeouts: a bpf_timer per connection, unless the object defines HTTP1_SWEEP before
+ * including this file. Uprobe programs may not touch a map whose values hold a bpf_timer, so
+ * tls-uprobe defines it and has the agent run http1_sweep() (a SEC("syscall") program) every
+ * second instead: a request then times out up to a second late.
  */
 #ifndef HTTP1_ENGINE_H
 #define HTTP1_ENGINE_H
@@ -152,7 +157,9 @@ struct http_conn_key {
 };
 
 struct http_conn {
+#ifndef HTTP1_SWEEP
 	struct bpf_timer timer; /* request timeouts */
+#endif
 	__u64 conn_id; /* struct http_conn_key.id */
 	__u32 tgid;
 	/*
@@ -169,6 +176,7 @@ struct http_conn {
 	__u8 client;       /* 1: this process made the requests (writes them, reads responses) */
 	__u8 _pad[2];
 	struct http_peer peer; /* client connections with peer labels on */
+	__u64 sock;            /* tls-uprobe: cookie of the socket the connection was last seen on */
 	struct h1_parser req;
 	struct h1_parser resp;
 	struct http_request q[HTTP_QUEUE_LEN];
@@ -494,6 +502,7 @@ static __always_inline void flush_pending(struct http_conn *c, __u64 now, __u8 f
 	bpf_loop(HTTP_QUEUE_LEN, completion_step, &x, 0);
 }
 
+#ifndef HTTP1_SWEEP
 static int on_conn_timer(void *map, struct http_conn_key *key, struct http_conn *c)
 {
 	/* A client another plugin now measures: its waiting requests are that plugin's. */
@@ -521,6 +530,37 @@ static __always_inline void arm_timer(struct http_conn *c)
 	if (__sync_val_compare_and_swap(&c->timer_armed, 0, 1) == 0)
 		bpf_timer_start(&c->timer, request_timeout_ns, 0);
 }
+#else
+static __always_inline void arm_timer(struct http_conn *c)
+{
+}
+
+static long sweep_conn(void *map, struct http_conn_key *key, struct http_conn *c, __u64 *now)
+{
+	if (c->head == c->tail)
+		return 0;
+	if (c->client && redprobe_is_excluded(c->tgid)) {
+		c->head = c->tail;
+		return 0;
+	}
+	struct completion_ctx x = {
+		.c = c,
+		.now = *now,
+		.flags = HTTP_FLAG_TIMEOUT,
+		.stat = HTTP_STAT_TIMEOUTS,
+		.expire = 1,
+	};
+	bpf_loop(HTTP_QUEUE_LEN, completion_step, &x, 0);
+	return 0;
+}
+
+/* Completes every request older than request_timeout_ns with status 0 (see HTTP1_SWEEP). */
+static __always_inline void http1_sweep(void)
+{
+	__u64 now = bpf_ktime_get_ns();
+	bpf_for_each_map_elem(&conns, sweep_conn, &now, 0);
+}
+#endif
 
 /* The request parser met the first byte of a request. */
 static __always_inline void begin_request(struct parse_ctx *x)
@@ -1607,8 +1647,10 @@ static __always_inline struct http_conn *http_conn_create(struct http_conn_key *
 	c->tgid = tgid;
 	c->conn_id = key->id;
 	c->client = client;
+#ifndef HTTP1_SWEEP
 	bpf_timer_init(&c->timer, &conns, CLOCK_MONOTONIC);
 	bpf_timer_set_callback(&c->timer, on_conn_timer);
+#endif
 	redprobe_count(client ? HTTP_STAT_CLIENT_CONN_OPENED : HTTP_STAT_CONN_OPENED);
 	if (client) {
 		/* The process's name, for labels when it has exited before the agent reads them. */

@@ -199,6 +199,7 @@ export class Agent implements AsyncDisposable {
       defaultNamespace: config.discovery.service_namespace,
       selectExecutable: (exe, pid) => this.#hosts.some((h) => h.selectsExecutable(exe, pid)),
     }, options.procFs);
+    log.info(`plugins running: ${this.#hosts.map((h) => h.plugin.id).join(", ")}`);
     this.#poll();
     this.#timer = setInterval(() => this.#poll(), config.discovery.poll_interval);
     options.onListen?.(this.#addr);

@@ -80,6 +80,15 @@ export type AttachSpec =
     cookies?: bigint[];
     /** Only this pid (per-target attachments default to the target's pid). */
     pid?: number;
+    /** Return probes: each offset must be a function's entry. Never on Go functions. */
+    retprobe?: boolean;
+    /**
+     * Per-target attachments only: targets whose attachments have the same `shareKey` share
+     * one, attached for every process (no pid filter: the BPF code filters by tgid) when the
+     * first of them is added and detached when the last is removed. Say which file it is in
+     * the key (device and inode), so a library replaced on disk gets its own attachment.
+     */
+    shareKey?: string;
   };
 
 /** One RED measurement for the exporter. */
@@ -213,6 +222,12 @@ export interface PluginDefinition<E = unknown, O = Record<string, unknown>> {
    * not listen on a TCP port (HTTP clients). Called once per new process; keep it cheap (cache).
    */
   selectsExecutable?: (exePath: string, pid: number, ctx: PluginContext<O>) => boolean;
+  /**
+   * A `SEC("syscall")` program the core runs every `intervalMs` (default 1000) while the
+   * plugin runs: housekeeping for programs that cannot arm a bpf_timer themselves (uprobe
+   * programs may not use timers), such as completing requests that timed out.
+   */
+  sweep?: { program: string; intervalMs?: number };
   /** Attachments for one target, detached when it exits. */
   attachForTarget?: (target: TargetProcess, ctx: PluginContext<O>) => AttachSpec[];
   /** Names of the `stats` map counters at indices 1.. (index 0 is ring-buffer loss). */
@@ -268,6 +283,8 @@ const attachSpecSchema = z.discriminatedUnion("kind", [
     offsets: z.array(z.number().int().nonnegative()).min(1),
     cookies: z.array(z.bigint().nonnegative()).optional(),
     pid: z.number().int().positive().optional(),
+    retprobe: z.boolean().optional(),
+    shareKey: z.string().min(1).optional(),
   }),
 ]);
 
@@ -295,6 +312,10 @@ const pluginSchema = z.object({
   replacesOnExecutables: z.function().optional(),
   selectsExecutable: z.function().optional(),
   attachForTarget: z.function().optional(),
+  sweep: z.object({
+    program: z.string().min(1),
+    intervalMs: z.number().int().min(10).optional(),
+  }).optional(),
   kernelCounters: z.array(z.string().regex(/^[a-z][a-z0-9_]*$/)).optional(),
   decode: z.function(),
   toObservation: z.function(),

@@ -86,6 +86,10 @@ export class PluginHost implements AsyncDisposable {
   readonly #sinks: PluginHostSinks;
   readonly #globalLinks: BpfLink[] = [];
   readonly #targetLinks = new Map<number, BpfLink[]>();
+  /** Attachments shared by targets (`shareKey`), with the number of targets using each. */
+  readonly #shared = new Map<string, { link: BpfLink; users: number }>();
+  /** The shared attachments each target uses. */
+  readonly #targetShares = new Map<number, string[]>();
   /** Detaches under way (see #detachInBackground). */
   readonly #detaching = new Set<Promise<void>>();
   readonly #targets: BpfMap;
@@ -97,6 +101,7 @@ export class PluginHost implements AsyncDisposable {
   readonly #aggregatesSeen = new Map<string, Float64Array>();
   readonly #ctx: { options: unknown; buckets: MetricBuckets; optionalLabels: readonly string[] };
   #closed = false;
+  #sweepTimer: ReturnType<typeof setInterval> | undefined;
 
   /**
    * Opens, configures, loads and attaches `plugin`. Throws (with every partial resource
@@ -146,6 +151,7 @@ export class PluginHost implements AsyncDisposable {
         },
       );
       this.#reader.start();
+      if (plugin.sweep) this.#startSweep(plugin.sweep.program, plugin.sweep.intervalMs ?? 1000);
     } catch (e) {
       for (const link of this.#globalLinks) link.destroy();
       this.#object.close();
@@ -248,8 +254,14 @@ export class PluginHost implements AsyncDisposable {
   add(target: TargetProcess): boolean {
     if (this.#closed || this.#targetLinks.has(target.pid)) return true;
     const links: BpfLink[] = [];
+    const shares: string[] = [];
     try {
       for (const spec of this.plugin.attachForTarget?.(target, this.#ctx) ?? []) {
+        if (spec.kind === "uprobe-multi" && spec.shareKey !== undefined) {
+          this.#share(spec.shareKey, () => this.#attach({ ...spec, pid: undefined }));
+          shares.push(spec.shareKey);
+          continue;
+        }
         const withPid = spec.kind === "uprobe" || spec.kind === "uprobe-multi"
           ? { ...spec, pid: spec.pid ?? target.pid }
           : spec;
@@ -266,6 +278,7 @@ export class PluginHost implements AsyncDisposable {
       this.#setBit("targets", target.pid, true);
     } catch (e) {
       for (const link of links) link.destroy();
+      for (const key of shares) this.#unshare(key);
       const reason = e instanceof BpfError ? e.code : "error";
       this.#sinks.attachFailed(this.plugin.id, reason);
       this.#log.warn(
@@ -276,8 +289,24 @@ export class PluginHost implements AsyncDisposable {
       return false;
     }
     this.#targetLinks.set(target.pid, links);
+    if (shares.length > 0) this.#targetShares.set(target.pid, shares);
     this.stats.instrumented = this.#targetLinks.size;
     return true;
+  }
+
+  /** One more user of the shared attachment `key` (attached by `attach` for the first). */
+  #share(key: string, attach: () => BpfLink): void {
+    const shared = this.#shared.get(key);
+    if (shared) shared.users++;
+    else this.#shared.set(key, { link: attach(), users: 1 });
+  }
+
+  /** One user fewer of `key`; the last one detaches it. */
+  #unshare(key: string): void {
+    const shared = this.#shared.get(key);
+    if (!shared || --shared.users > 0) return;
+    this.#shared.delete(key);
+    this.#detachInBackground(shared.link, `shared by targets (${key})`);
   }
 
   /** Stops instrumenting `pid` (it exited): links closed, its bit cleared, its aggregates read
@@ -288,6 +317,8 @@ export class PluginHost implements AsyncDisposable {
     if (!links) return;
     if (!this.#closed) this.#readAggregates(pid);
     this.#targetLinks.delete(pid);
+    for (const key of this.#targetShares.get(pid) ?? []) this.#unshare(key);
+    this.#targetShares.delete(pid);
     this.stats.instrumented = this.#targetLinks.size;
     if (!this.#closed) this.#setBit("targets", pid, false);
     for (const link of links) this.#detachInBackground(link, `for pid ${pid}`);
@@ -356,9 +387,27 @@ export class PluginHost implements AsyncDisposable {
     for (const key of gone) map.delete(key);
   }
 
+  /** Runs the plugin's sweep program every `intervalMs`. */
+  #startSweep(name: string, intervalMs: number): void {
+    const program = this.#object.program(name);
+    program.run(); // fails now, at start, if it cannot run at all
+    let warned = false;
+    const timer = setInterval(() => {
+      try {
+        program.run();
+      } catch (e) {
+        if (!warned) this.#log.warn(`${this.plugin.id}: sweep: ${(e as Error).message}`);
+        warned = true;
+      }
+    }, intervalMs);
+    Deno.unrefTimer(timer);
+    this.#sweepTimer = timer;
+  }
+
   /** Detaches everything, drains the ring a last time and closes the object. */
   async close(): Promise<void> {
     if (this.#closed) return;
+    if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
     for (const pid of [...this.#targetLinks.keys()]) this.remove(pid);
     for (const link of this.#globalLinks.splice(0)) this.#detachInBackground(link, "");
     // Every link is gone before the object (and its programs) is closed.

@@ -15,7 +15,7 @@
  */
 import { type ElfFile, type ElfSymbol, STB, STT } from "./elf.ts";
 
-/** The functions a TLS tracer hooks: plaintext in and out, the socket, the handshake. */
+/** The functions a TLS tracer hooks: plaintext in and out, the socket, the handshake, the end. */
 export const OPENSSL_FUNCTIONS = [
   "SSL_read",
   "SSL_write",
@@ -23,6 +23,7 @@ export const OPENSSL_FUNCTIONS = [
   "SSL_write_ex",
   "SSL_get_fd",
   "SSL_do_handshake",
+  "SSL_free",
 ] as const;
 
 export type OpenSslFunctionName = typeof OPENSSL_FUNCTIONS[number];
@@ -33,6 +34,8 @@ export interface OpenSslFunction {
   address: number;
   /** The offset in the file of its first instruction: what a uprobe attaches at. */
   fileOffset: number;
+  /** Its size in bytes (`st_size`), for decoding its code. */
+  size: number;
 }
 
 /** The functions found; one absent from the file is absent here. */
@@ -56,7 +59,7 @@ export function findOpenSslFunctions(elf: ElfFile): OpenSslFunctions {
       if (!wanted.has(s.name) || !isDefinedFunction(s)) continue;
       const fileOffset = elf.fileOffsetOf(s.value);
       if (fileOffset === undefined) continue;
-      found[s.name as OpenSslFunctionName] = { address: s.value, fileOffset };
+      found[s.name as OpenSslFunctionName] = { address: s.value, fileOffset, size: s.size };
       wanted.delete(s.name);
     }
   };

@@ -1,8 +1,10 @@
 /**
  * Where to put uprobes in the x86-64 machine code of a Go function: every return instruction
  * (return probes without uretprobes, which break when Go moves a goroutine's stack), and the
- * cheapest entry site that still sees the arguments as the caller passed them. Decoding is done
- * by the iced-x86 decoder (npm `iced-x86`, Rust compiled to WebAssembly).
+ * cheapest entry site that still sees the arguments as the caller passed them. The same for C
+ * functions (OpenSSL's `SSL_read` and friends), where the return sites must also see the return
+ * value: see "C functions" below. Decoding is done by the iced-x86 decoder (npm `iced-x86`, Rust
+ * compiled to WebAssembly).
  *
  * Pure: bytes and the address they are loaded at in, addresses out. The caller reads a function's
  * bytes from the binary (its `.symtab` entry gives the address and size; `.text` holds the
@@ -52,6 +54,45 @@
  * Return sites have no cheap variant: the kernel does not emulate `ret`, and Go's epilogue
  * (`mov rbp, [rsp+N]; add rsp, N+8; ret`) has nothing it emulates either, so each return probe
  * is single-stepped.
+ *
+ * ## C functions
+ *
+ * For a C function (System V x86-64 ABI: integer arguments in RDI, RSI, RDX, RCX, R8, R9, the
+ * result in RAX) the agent wants the same two cheap probes. The caller passes exactly the
+ * function's bytes (its symbol's size; `.dynsym` has it even in a stripped library).
+ *
+ * {@linkcode findCEntryProbeSite} walks the straight-line code from the entry like the Go rule,
+ * but the BPF side reads only the six argument registers there, so anything else may change
+ * first: the stack pointer, memory, RAX, the flags. OpenSSL 3's `SSL_read` in Debian's
+ * libssl.so.3 sets up its stack-protector canary and then checks `num < 0`; the `js` is the site:
+ *
+ *     sub rsp, 0x18 ; mov rax, fs:[0x28] ; mov [rsp+8], rax ; xor eax, eax ; test edx, edx
+ *     js  error_path                    ; emulated, RDI/RSI/RDX/RCX as the caller set them
+ *
+ * Unlike the Go rule it also decodes the rest of the function: a branch back into the code
+ * before the site (a tail-recursive call turned into a loop) would make the site fire again,
+ * with other arguments, in the same call; then the entry itself is the site.
+ *
+ * {@linkcode findReturnValueSites} replaces a uretprobe, which costs the entry hit that hijacks
+ * the return address and a second trap in the return trampoline, by one probe per `ret` on an
+ * emulated instruction *before* it: one after which RAX is final and the function cannot but
+ * reach that `ret`. The stack protector's check provides one in most OpenSSL functions built
+ * with `-fstack-protector-strong`:
+ *
+ *     mov  eax, result                  ; (on every path that reaches the check)
+ *     mov  rdx, [rsp+8] ; sub rdx, fs:[0x28]
+ *     jne  fail                         ; emulated; fail: call __stack_chk_fail (no return)
+ *     add  rsp, 0x18 ; xor edx, edx ; ... ; ret
+ *
+ * A probe on the `jne` fires after the result is in EAX, and if the branch is taken the program
+ * dies in `__stack_chk_fail`, so every hit is followed by that `ret`. The bytes cannot show that
+ * a callee never returns: a conditional branch is accepted when it leads straight to a direct
+ * `call` inside the function, which in compiled C is that pattern. `push` and `nop` qualify
+ * too. A function that can leave other than by `ret` (a jump table's indirect `jmp`, a tail
+ * call's `jmp` out of the function, a jump to a `.cold` part) has no answer, nor has one where
+ * some `ret` has no such site: an epilogue that moves the result into EAX (`mov eax, r12d; pop
+ * r12; ...; ret`, as in the OpenSSL node links statically) or a `call` right before it. Then only
+ * single-stepped return probes (or a uretprobe) remain.
  *
  * @module
  */
@@ -143,6 +184,81 @@ export function findEntryProbeSite(code: Uint8Array, address: number): EntryProb
   throw new X86DecodeError(`Cannot find an entry site at 0x${address.toString(16)}: no code`);
 }
 
+/** An entry uprobe site in a C function: see "C functions" in the module documentation. */
+export interface CEntryProbeSite {
+  /** Virtual address of the instruction to probe. */
+  address: number;
+  /** How the kernel handles the instruction there: "emulated" unless it is the entry itself. */
+  handling: UprobeHandling;
+}
+
+/**
+ * The cheapest entry uprobe site of the C function whose bytes are exactly `code`, loaded at
+ * `address`: the first instruction the kernel emulates in the straight-line code from the entry
+ * (the first branch may be it), if nothing before it writes RDI, RSI, RDX, RCX, R8 or R9 (any
+ * part of them) and no branch of the function leads back into the code after the entry up to
+ * it; else the entry itself. Throws {@linkcode X86DecodeError} if `code` does not decode.
+ */
+export function findCEntryProbeSite(code: Uint8Array, address: number): CEntryProbeSite {
+  const instructions = decodeFunction(code, address);
+  if (instructions.length === 0) {
+    throw new X86DecodeError(`Cannot find an entry site at 0x${address.toString(16)}: no code`);
+  }
+  const entry = { address, handling: instructions[0].handling };
+  const site = instructions.find((i) =>
+    i.handling === "emulated" || i.flowControl !== FlowControl.Next || i.writesArgument
+  );
+  if (site === undefined || site.handling !== "emulated" || site.address === address) return entry;
+  const loopsBack = instructions.some((i) =>
+    i.target !== undefined && i.target > address && i.target <= site.address
+  );
+  return loopsBack ? entry : { address: site.address, handling: site.handling };
+}
+
+/**
+ * Return-value uprobe sites of the C function whose bytes are exactly `code`, loaded at
+ * `address`: for each `ret`, in order, the address of the last emulated instruction before it
+ * such that when a probe there fires, RAX holds the return value and the function will return
+ * through that `ret` (see "C functions" in the module documentation). The site is a `push`, a
+ * `nop` or a conditional branch whose taken path is a direct `call` outside the site's block (the
+ * stack protector's `call __stack_chk_fail`); only straight-line instructions that leave RAX
+ * alone follow it up to the `ret`, and no branch of the function lands after it up to the `ret`.
+ *
+ * Undefined when some `ret` has no such site, or when the function can leave other than by
+ * `ret` (an indirect `jmp`, a `jmp` or `jcc` out of `code`, a far return, running off its end),
+ * since then the sites would miss returns. Throws {@linkcode X86DecodeError} if `code` does not
+ * decode.
+ */
+export function findReturnValueSites(code: Uint8Array, address: number): number[] | undefined {
+  const instructions = decodeFunction(code, address);
+  const end = address + code.length;
+  const inside = (target: number) => target >= address && target < end;
+  for (const i of instructions) {
+    if (i.flowControl === FlowControl.IndirectBranch) return undefined;
+    if (i.flowControl === FlowControl.Return && i.mnemonic !== Mnemonic.Ret) return undefined;
+    const jumps = i.flowControl === FlowControl.UnconditionalBranch ||
+      i.flowControl === FlowControl.ConditionalBranch ||
+      i.flowControl === FlowControl.XbeginXabortXend;
+    if (jumps && (i.target === undefined || !inside(i.target))) return undefined;
+  }
+  const last = instructions.findLast((i) => !PADDING_MNEMONICS.has(i.mnemonic));
+  if (last?.flowControl === FlowControl.Next) return undefined;
+
+  const targets = instructions.flatMap((i) =>
+    i.target !== undefined && inside(i.target) ? [i.target] : []
+  );
+  const byAddress = new Map(instructions.map((i) => [i.address, i]));
+  const sites: number[] = [];
+  for (const [index, ret] of instructions.entries()) {
+    if (ret.mnemonic !== Mnemonic.Ret) continue;
+    const site = returnValueSite(instructions, index, byAddress);
+    if (site === undefined) return undefined;
+    if (targets.some((target) => target > site && target <= ret.address)) return undefined;
+    sites.push(site);
+  }
+  return sites;
+}
+
 /** The instruction at the start of `code` for logs: "0x64bd09: jbe 0x64c063 (0f 86 54 03 00 00)". */
 export function describeInstruction(code: Uint8Array, address: number): string {
   let text = `0x${address.toString(16)}: (no instruction)`;
@@ -190,11 +306,48 @@ export function uprobeHandling(bytes: Uint8Array): UprobeHandling {
   return "single-stepped";
 }
 
+/**
+ * The last emulated instruction before `instructions[ret]` (a `ret`) that qualifies as its
+ * return-value site, ignoring branches into the block (the caller checks those); undefined if a
+ * branch, a write to RAX or the function's entry comes first.
+ */
+function returnValueSite(
+  instructions: readonly DecodedInstruction[],
+  ret: number,
+  byAddress: ReadonlyMap<number, DecodedInstruction>,
+): number | undefined {
+  const end = instructions[ret].address;
+  for (let index = ret - 1; index >= 0; index--) {
+    const i = instructions[index];
+    if (i.handling === "emulated") {
+      if (i.flowControl === FlowControl.Next) return i.address;
+      if (i.flowControl !== FlowControl.ConditionalBranch || i.target === undefined) {
+        return undefined;
+      }
+      if (i.target >= i.address && i.target <= end) return undefined;
+      return byAddress.get(i.target)?.isDirectCall ? i.address : undefined;
+    }
+    if (i.flowControl !== FlowControl.Next || i.writesRax) return undefined;
+  }
+  return undefined;
+}
+
 /** How far {@linkcode findEntryProbeSite} looks: a Go prologue is 3 to 6 instructions. */
 const MAX_PROLOGUE_INSTRUCTIONS = 32;
 
 const LEGACY_PREFIXES = new Set([0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65, 0x66, 0x67, 0xf0, 0xf2, 0xf3]);
 const BAD_PREFIXES = new Set([0x26, 0x2e, 0x36, 0x3e, 0xf0]);
+/** The System V x86-64 ABI's integer argument registers, in order. */
+const C_ARGUMENT_REGISTERS = new Set([
+  Register.RDI,
+  Register.RSI,
+  Register.RDX,
+  Register.RCX,
+  Register.R8,
+  Register.R9,
+]);
+/** What a C function's bytes may hold after its last instruction (when the caller's size has it). */
+const PADDING_MNEMONICS = new Set([Mnemonic.Nop, Mnemonic.Int3]);
 /** Registers a prologue may change before the entry site: Go's scratch registers and RBP. */
 const FREE_REGISTERS = new Set([Register.R12, Register.R13, Register.RBP]);
 const WRITES = new Set([
@@ -206,6 +359,66 @@ const WRITES = new Set([
 
 let formatter: Formatter | undefined;
 let infoFactory: InstructionInfoFactory | undefined;
+
+/** What the C rules need of one instruction, copied out of iced's WebAssembly memory. */
+interface DecodedInstruction {
+  address: number;
+  mnemonic: Mnemonic;
+  flowControl: FlowControl;
+  handling: UprobeHandling;
+  /** Where a direct near `jmp`, `jcc`, `call` or `xbegin` goes. */
+  target?: number;
+  /** A direct near `call`. */
+  isDirectCall: boolean;
+  /** Whether it writes (maybe, e.g. `cmov`) any part of RAX. */
+  writesRax: boolean;
+  /** Whether it writes (maybe) any part of RDI, RSI, RDX, RCX, R8 or R9. */
+  writesArgument: boolean;
+}
+
+/** Every instruction of `code`, loaded at `address` (see {@linkcode findReturnSites}). */
+function decodeFunction(code: Uint8Array, address: number): DecodedInstruction[] {
+  const instructions: DecodedInstruction[] = [];
+  decodeLinear(code, address, (instruction, offset) => {
+    const direct = isNearBranch(instruction.op0Kind);
+    const written = writtenRegisters(instruction);
+    instructions.push({
+      address: Number(instruction.ip),
+      mnemonic: instruction.mnemonic,
+      flowControl: instruction.flowControl,
+      handling: uprobeHandling(code.subarray(offset, offset + instruction.length)),
+      target: direct ? Number(instruction.nearBranchTarget) : undefined,
+      isDirectCall: direct && instruction.flowControl === FlowControl.Call,
+      writesRax: written.has(Register.RAX),
+      writesArgument: [...written].some((r) => C_ARGUMENT_REGISTERS.has(r)),
+    });
+    return true;
+  });
+  return instructions;
+}
+
+function isNearBranch(kind: OpKind): boolean {
+  return kind === OpKind.NearBranch16 || kind === OpKind.NearBranch32 ||
+    kind === OpKind.NearBranch64;
+}
+
+/** The full registers (RAX for AL, AX, EAX) the instruction writes or may write. */
+function writtenRegisters(instruction: Instruction): Set<Register> {
+  infoFactory ??= new InstructionInfoFactory();
+  const info = infoFactory.info(instruction);
+  const written = new Set<Register>();
+  try {
+    for (const used of info.usedRegisters()) {
+      const register = used.register;
+      const access = used.access;
+      used.free();
+      if (WRITES.has(access)) written.add(RegisterExt.fullRegister(register));
+    }
+    return written;
+  } finally {
+    info.free();
+  }
+}
 
 function format(instruction: Instruction): string {
   if (!formatter) {

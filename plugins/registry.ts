@@ -7,5 +7,6 @@
 import type { AnyPlugin } from "../core/plugin.ts";
 import goHttp from "./go_http/mod.ts";
 import kprobeHttp from "./kprobe_http/mod.ts";
+import tlsUprobe from "./tls_uprobe/mod.ts";
 
-export const BUILTIN_PLUGINS: readonly AnyPlugin[] = [kprobeHttp, goHttp];
+export const BUILTIN_PLUGINS: readonly AnyPlugin[] = [kprobeHttp, tlsUprobe, goHttp];

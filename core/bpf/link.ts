@@ -139,11 +139,14 @@ export interface UprobeMultiTarget {
   cookies?: readonly bigint[];
   /** Only this process (default: every process that maps the binary). */
   pid?: number;
+  /** Return probes (each offset must be a function's entry). Never on Go functions. */
+  retprobe?: boolean;
 }
 
 const SYS_BPF = 321; // x86-64
 const BPF_LINK_CREATE = 28;
 const BPF_ATTR_SIZE = 128;
+const BPF_F_UPROBE_MULTI_RETURN = 1;
 
 /**
  * Attaches `program` (prepared with `prepareForUprobeMulti()` before load) at every offset of
@@ -153,9 +156,9 @@ const BPF_ATTR_SIZE = 128;
  */
 export function attachUprobeMulti(program: BpfProgram, target: UprobeMultiTarget): BpfLink {
   const n = target.offsets.length;
-  const what = `uprobe_multi of ${n} offset${n === 1 ? "" : "s"} in "${target.binaryPath}"${
-    target.pid ? ` (pid ${target.pid})` : ""
-  }`;
+  const what = `${target.retprobe ? "uretprobe" : "uprobe"}_multi of ${n} offset${
+    n === 1 ? "" : "s"
+  } in "${target.binaryPath}"${target.pid ? ` (pid ${target.pid})` : ""}`;
   if (n === 0) throw new RangeError(`${what}: no offsets`);
   const path = cString(target.binaryPath);
   const offsets = new BigUint64Array(target.offsets.map(BigInt));
@@ -173,6 +176,7 @@ export function attachUprobeMulti(program: BpfProgram, target: UprobeMultiTarget
   view.setBigUint64(24, address(offsets), true);
   view.setBigUint64(40, address(cookies), true);
   view.setUint32(48, n, true);
+  view.setUint32(52, target.retprobe ? BPF_F_UPROBE_MULTI_RETURN : 0, true);
   view.setUint32(56, target.pid ?? 0, true);
   const fd = check(
     libc().syscall(BigInt(SYS_BPF), BigInt(BPF_LINK_CREATE), attr, BigInt(BPF_ATTR_SIZE)),

@@ -11,6 +11,8 @@ import { BpfMap } from "./map.ts";
 const BTF_KIND_DATASEC = 15;
 const BTF_TYPE_SIZE = 12; // struct btf_type
 const BTF_VAR_SECINFO_SIZE = 12; // struct btf_var_secinfo
+/** sizeof(struct bpf_test_run_opts) up to `cpu` (libbpf 1.1); retval is at 56. */
+const TEST_RUN_OPTS_SIZE = 76;
 const OPEN_OPTS_SIZE = 80; // sizeof(struct bpf_object_open_opts) in libbpf 1.1
 
 /**
@@ -61,6 +63,18 @@ export class BpfProgram {
       libbpf().bpf_program__set_expected_attach_type(this.pointer, BPF_TRACE_UPROBE_MULTI),
       `prepare program "${this.name}" for uprobe_multi`,
     );
+  }
+
+  /**
+   * Runs the program once, now, in the agent's thread (BPF_PROG_TEST_RUN, no input): for
+   * SEC("syscall") programs that do housekeeping the program types that need it cannot (a
+   * uprobe program may not use bpf_timer). Returns the program's return value.
+   */
+  run(): number {
+    const opts = new Uint8Array(TEST_RUN_OPTS_SIZE);
+    new DataView(opts.buffer).setBigUint64(0, BigInt(TEST_RUN_OPTS_SIZE), true);
+    check(libbpf().bpf_prog_test_run_opts(this.fd, opts), `run program "${this.name}"`);
+    return new DataView(opts.buffer).getUint32(56, true); // retval
   }
 
   /** Whether the program is loaded at all (a program not needed on this kernel can be skipped). */

@@ -109,8 +109,9 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
   };
 
   try {
+    // Every enabled plugin has loaded (or failed) once this line is out.
     await waitFor(
-      () => /plugin kprobe-http loaded|cannot start|No plugin/.test(logs),
+      () => /plugins running: |No plugin/.test(logs),
       "load its plugins",
       options.timeoutMs ?? 30_000,
     );

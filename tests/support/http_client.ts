@@ -23,6 +23,11 @@ export const DEFAULT_TIMEOUT_MS = 10_000;
 export interface ConnectionOptions {
   /** Deadline for connecting and for every single read or write. Default 10 s. */
   timeoutMs?: number;
+  /**
+   * Speak HTTPS, trusting this PEM certificate (tests/support/tls.ts). Deno's TLS is rustls,
+   * not OpenSSL: the test's own requests are never counted as a client's by tls-uprobe.
+   */
+  caCert?: string;
 }
 
 /** Thrown when the server closes a pipelined connection before answering every request. */
@@ -34,13 +39,13 @@ export class PipelineIncompleteError extends HttpProtocolError {
 }
 
 export class HttpConnection implements AsyncDisposable {
-  #conn: Deno.TcpConn;
+  #conn: Deno.Conn;
   #reader: DeadlineReader;
   #timeoutMs: number;
   #closed = false;
   #serverWillClose = false;
 
-  private constructor(readonly port: number, conn: Deno.TcpConn, timeoutMs: number) {
+  private constructor(readonly port: number, conn: Deno.Conn, timeoutMs: number) {
     this.#conn = conn;
     this.#timeoutMs = timeoutMs;
     this.#reader = new DeadlineReader(conn, timeoutMs);
@@ -48,13 +53,19 @@ export class HttpConnection implements AsyncDisposable {
 
   static async open(port: number, opts: ConnectionOptions = {}): Promise<HttpConnection> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const conn = await withDeadline(
-      Deno.connect({ hostname: "127.0.0.1", port }),
+    const caCert = opts.caCert;
+    const conn = await withDeadline<Deno.TcpConn | Deno.TlsConn>(
+      caCert === undefined
+        ? Deno.connect({ hostname: "127.0.0.1", port })
+        : Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: [caCert] }).then(async (c) => {
+          await c.handshake();
+          return c;
+        }),
       timeoutMs,
       () => new HttpTimeoutError(`connect to 127.0.0.1:${port} took over ${timeoutMs} ms`),
     );
     // One write per request already; this just guarantees the kernel never holds bytes back.
-    conn.setNoDelay(true);
+    if ("setNoDelay" in conn) conn.setNoDelay(true);
     return new HttpConnection(port, conn, timeoutMs);
   }
 

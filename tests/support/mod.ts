@@ -7,12 +7,14 @@ export { freePort } from "./ports.ts";
 export {
   type ServerHandle,
   type ServerKind,
+  type ServerOptions,
   type ServerSecondsOptions,
   startNginx,
   startNode,
   startPython,
 } from "./servers.ts";
 export type { NginxOptions } from "./nginx_config.ts";
+export { type TestCertificate, testCertificate } from "./tls.ts";
 export {
   DEFAULT_TIMEOUT_MS,
   HttpConnection,

@@ -11,6 +11,8 @@ export interface NginxOptions {
    * upstream connections: nginx is then an HTTP client too.
    */
   upstreamPort?: number;
+  /** Serve HTTPS with this certificate (tests/support/tls.ts). */
+  tls?: { cert: string; key: string };
 }
 
 /**
@@ -61,8 +63,14 @@ ${
       : ""
   }
   server {
-    listen 127.0.0.1:${port};
-    server_name localhost;
+    listen 127.0.0.1:${port}${opts.tls ? " ssl" : ""};
+    server_name localhost;${
+    opts.tls
+      ? `
+    ssl_certificate ${opts.tls.cert};
+    ssl_certificate_key ${opts.tls.key};`
+      : ""
+  }
     root ${dir}/www;
 
     location = /error { return 500; }

@@ -1,13 +1,16 @@
 // Test HTTP server for redprobe end-to-end tests (see servers.ts, routes.ts).
 //
-// Usage: node node_server.mjs PORT LOGFILE
+// Usage: node node_server.mjs PORT LOGFILE [CERTFILE KEYFILE]
+//
+// With a certificate and key it serves HTTPS (node:https, over the OpenSSL linked into node).
 //
 // Serves the shared route set on 127.0.0.1:PORT and appends, per request, the seconds between the
 // 'request' event and just before writeHead(). The record is written synchronously BEFORE the
 // response goes out, so by the time a client has read a response its record is in LOGFILE.
 
-import { openSync, writeSync } from "node:fs";
+import { openSync, readFileSync, writeSync } from "node:fs";
 import { createServer } from "node:http";
+import { createServer as createTlsServer } from "node:https";
 
 const HELLO_BODY = Buffer.from("hello\n");
 const USER_BODY = Buffer.from("user\n");
@@ -17,7 +20,7 @@ const ERROR_BODY = Buffer.from("error\n");
 const BIG_BODY = Buffer.from("0123456789abcdef".repeat(4096));
 const USER_PATH = /^\/users\/[0-9]+$/;
 
-const [portArg, logPath] = process.argv.slice(2);
+const [portArg, logPath, certPath, keyPath] = process.argv.slice(2);
 const logFd = openSync(logPath, "a");
 
 function route(method, url) {
@@ -30,7 +33,7 @@ function route(method, url) {
   return [404, NOT_FOUND_BODY];
 }
 
-const server = createServer((req, res) => {
+function handle(req, res) {
   const started = performance.now();
   // Draining the body (Content-Length or chunked) before answering keeps keep-alive framing sane
   // and matches what the other servers do.
@@ -41,7 +44,11 @@ const server = createServer((req, res) => {
     res.writeHead(status, { "Content-Type": "text/plain", "Content-Length": body.length });
     res.end(req.method === "HEAD" ? undefined : body);
   });
-});
+}
+
+const server = certPath
+  ? createTlsServer({ cert: readFileSync(certPath), key: readFileSync(keyPath) }, handle)
+  : createServer(handle);
 
 // Long enough that no test's keep-alive connection is closed under it.
 server.keepAliveTimeout = 60_000;

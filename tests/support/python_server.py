@@ -1,6 +1,8 @@
 """Test HTTP server for redprobe end-to-end tests (see servers.ts, routes.ts).
 
-Usage: python3 python_server.py PORT LOGFILE
+Usage: python3 python_server.py PORT LOGFILE [CERTFILE KEYFILE]
+
+With a certificate and key it serves HTTPS (Python's ssl module, over the system's libssl).
 
 Serves the shared route set on 127.0.0.1:PORT and appends, per request, the seconds it spent
 between entering do_GET/do_POST/do_HEAD and just before end_headers() flushes the status line.
@@ -9,6 +11,7 @@ its record is already in LOGFILE.
 """
 
 import re
+import ssl
 import sys
 import threading
 import time
@@ -145,6 +148,14 @@ def main():
     port, log_path = int(sys.argv[1]), sys.argv[2]
     Handler.timing_log = TimingLog(log_path)
     with Server(("127.0.0.1", port), Handler) as server:
+        if len(sys.argv) > 4:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(sys.argv[3], sys.argv[4])
+            # The handshake happens in the handler thread, on the first read, not in accept():
+            # a connection that never starts one cannot hold up the accept loop.
+            server.socket = context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         server.serve_forever()
 
 

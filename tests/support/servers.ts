@@ -8,6 +8,13 @@ import { ManagedProcess } from "./managed_process.ts";
 import { type NginxOptions, writeNginxTree } from "./nginx_config.ts";
 import { freePort } from "./ports.ts";
 import { pollUntil, portAccepts } from "./wait.ts";
+import { testCertificate } from "./tls.ts";
+
+/** Options of the Python and Node servers. */
+export interface ServerOptions {
+  /** Serve HTTPS with the test certificate (tests/support/tls.ts) instead of HTTP. */
+  tls?: boolean;
+}
 
 export type ServerKind = "nginx" | "python" | "node";
 
@@ -25,7 +32,7 @@ export interface ServerSecondsOptions {
 export interface ServerHandle extends AsyncDisposable {
   kind: ServerKind;
   port: number;
-  /** http://127.0.0.1:PORT */
+  /** http://127.0.0.1:PORT, or https:// for a TLS server */
   baseUrl: string;
   /** Main process pid (nginx master). */
   pid: number;
@@ -86,30 +93,41 @@ export async function startNginx(opts: NginxOptions): Promise<ServerHandle> {
       isReady: (proc) => proc.tree().length >= opts.workers + 1,
       diagnostics: () => Deno.readTextFile(`${dir}/error.log`).catch(() => ""),
     };
-  });
+  }, opts.tls !== undefined);
 }
 
-export function startPython(): Promise<ServerHandle> {
+/** The extra arguments of the Python and Node servers: certificate and key files for TLS. */
+function tlsArgs(opts: ServerOptions): string[] {
+  if (!opts.tls) return [];
+  const { cert, key } = testCertificate();
+  return [cert, key];
+}
+
+export function startPython(opts: ServerOptions = {}): Promise<ServerHandle> {
   return launch("python", async (dir, port) => {
     const logFile = `${dir}/server_seconds.log`;
     await Deno.writeTextFile(logFile, "");
     return {
       command: "python3",
-      args: [supportFile("python_server.py"), `${port}`, logFile],
+      args: [supportFile("python_server.py"), `${port}`, logFile, ...tlsArgs(opts)],
       logFile,
     };
-  });
+  }, opts.tls);
 }
 
-export function startNode(): Promise<ServerHandle> {
+export function startNode(opts: ServerOptions = {}): Promise<ServerHandle> {
   return launch("node", async (dir, port) => {
     const logFile = `${dir}/server_seconds.log`;
     await Deno.writeTextFile(logFile, "");
-    return { command: "node", args: [supportFile("node_server.mjs"), `${port}`, logFile], logFile };
-  });
+    return {
+      command: "node",
+      args: [supportFile("node_server.mjs"), `${port}`, logFile, ...tlsArgs(opts)],
+      logFile,
+    };
+  }, opts.tls);
 }
 
-async function launch(kind: ServerKind, plan: Planner): Promise<ServerHandle> {
+async function launch(kind: ServerKind, plan: Planner, tls = false): Promise<ServerHandle> {
   for (let attempt = 1;; attempt++) {
     const dir = await Deno.makeTempDir({ prefix: `redprobe-${kind}-` });
     const port = freePort();
@@ -119,7 +137,9 @@ async function launch(kind: ServerKind, plan: Planner): Promise<ServerHandle> {
       const launchPlan = await plan(dir, port);
       proc = new ManagedProcess(launchPlan.command, launchPlan.args, { cwd: dir });
       failure = await waitUntilServing(proc, port, launchPlan.isReady);
-      if (failure === "") return new RunningServer(kind, port, dir, proc, launchPlan.logFile);
+      if (failure === "") {
+        return new RunningServer(kind, port, dir, proc, launchPlan.logFile, tls);
+      }
       await proc.stop();
       failure += `\n--- stderr ---\n${proc.stderr}`;
       const extra = await launchPlan.diagnostics?.();
@@ -169,8 +189,9 @@ class RunningServer implements ServerHandle {
     readonly dir: string,
     proc: ManagedProcess,
     logFile: string,
+    tls: boolean,
   ) {
-    this.baseUrl = `http://127.0.0.1:${port}`;
+    this.baseUrl = `${tls ? "https" : "http"}://127.0.0.1:${port}`;
     this.pid = proc.pid;
     this.#proc = proc;
     this.#logFile = logFile;

@@ -1,0 +1,363 @@
+/**
+ * tls-uprobe end to end: HTTPS served by nginx (Debian's, over libssl.so.3), Node.js (OpenSSL
+ * linked into node) and Python's ssl module, and HTTPS requests made by curl, Python urllib and
+ * http.client and wrk, each measured on the plaintext. Every exported count must EQUAL what was
+ * sent, per label set, with kprobe-http running too (the default configuration): an HTTPS
+ * request is counted once.
+ *
+ * The test's own requests go through Deno's TLS (rustls, not OpenSSL), so they are counted
+ * only on the server side.
+ */
+import assert from "node:assert/strict";
+import { type AgentHandle, startAgent } from "../support/agent.ts";
+import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
+import { countsByRequest, findSamples, type Sample } from "../support/prom_text.ts";
+import {
+  sendRequests,
+  type ServerHandle,
+  startNginx,
+  startNode,
+  startPython,
+  testCertificate,
+} from "../support/mod.ts";
+import { pollUntil } from "../support/wait.ts";
+
+type Counts = Record<string, number>;
+
+const instance = (pid: number) => ({ target_instance: `${Deno.hostname()}:${pid}` });
+
+function serverCounts(samples: Sample[], pid: number): Counts {
+  return countsByRequest(samples, "http_server_duration_seconds_count", instance(pid));
+}
+
+function clientCounts(samples: Sample[], pid: number): Counts {
+  return countsByRequest(samples, "http_client_duration_seconds_count", instance(pid));
+}
+
+/** The agent's kernel counter `event` of `plugin`. */
+function kernelEvent(samples: Sample[], plugin: string, event: string): number {
+  return findSamples(samples, "redprobe_kernel_events_total", { plugin, event })[0]?.value ?? 0;
+}
+
+async function run(cmd: string, args: string[]): Promise<{ pid: number; out: string }> {
+  const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
+  const out = await child.output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.ok(out.success, `${cmd} failed: ${text}`);
+  return { pid: child.pid, out: text };
+}
+
+/** Sends a known mix over HTTPS (Deno's TLS client) and returns what the server must report. */
+async function sendMix(server: ServerHandle, keepAlive: boolean): Promise<Counts> {
+  const caCert = Deno.readTextFileSync(testCertificate().ca);
+  const send = async (method: string, path: string, count: number, body?: string) => {
+    const result = await sendRequests({
+      port: server.port,
+      spec: { method, path, ...(body ? { body } : {}) },
+      count,
+      keepAlive,
+      concurrency: 2,
+      caCert,
+    });
+    assert.equal([...result.statuses.values()].reduce((a, b) => a + b, 0), count);
+    return result.statuses;
+  };
+  await send("GET", "/hello", 7);
+  await send("GET", "/users/123?x=1", 3);
+  await send("GET", "/missing", 2);
+  await send("POST", "/submit", 4, "x".repeat(100));
+  return {
+    "GET 200 /hello": 7,
+    "GET 200 /users/{id}": 3,
+    "GET 404 /missing": 2,
+    "POST 200 /submit": 4,
+  };
+}
+
+async function instrumented(agent: AgentHandle, server: ServerHandle): Promise<void> {
+  for (const pid of await server.pids()) await agent.waitForPid(pid);
+}
+
+Deno.test({
+  name: "tls-uprobe counts HTTPS served by nginx, Node and Python exactly once",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    assertBpfAvailable();
+    await using agent = await startAgent();
+    const tls = testCertificate();
+    const cases: [string, () => Promise<ServerHandle>, boolean][] = [
+      [
+        "nginx, 1 worker, keep-alive",
+        () => startNginx({ workers: 1, keepalive: true, sendfile: true, tls }),
+        true,
+      ],
+      [
+        "nginx, 2 workers, a connection per request",
+        () => startNginx({ workers: 2, keepalive: false, sendfile: true, tls }),
+        false,
+      ],
+      ["Node https (OpenSSL inside node)", () => startNode({ tls: true }), true],
+      ["Python http.server over ssl", () => startPython({ tls: true }), true],
+    ];
+    for (const [name, start, keepAlive] of cases) {
+      await t.step(name, async () => {
+        await using server = await start();
+        await instrumented(agent, server);
+        const expected = await sendMix(server, keepAlive);
+        const samples = await agent.samples();
+        assert.deepEqual(serverCounts(samples, server.pid), expected);
+        const sizes = findSamples(samples, "http_server_request_size_bytes_sum", {
+          ...instance(server.pid),
+          http_request_method: "POST",
+        });
+        assert.equal(sizes[0]?.value, 400);
+      });
+    }
+    await t.step("kprobe-http saw the ciphertext and tracked none of it", async () => {
+      const samples = await agent.samples();
+      assert.equal(kernelEvent(samples, "kprobe-http", "connections_opened"), 0);
+      assert.equal(kernelEvent(samples, "kprobe-http", "connections_not_http"), 0);
+    });
+  },
+});
+
+Deno.test({
+  name: "tls-uprobe counts the HTTPS requests of curl, Python and wrk exactly",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    assertBpfAvailable();
+    await using agent = await startAgent();
+    const { ca } = testCertificate();
+    await using server = await startNginx({
+      workers: 1,
+      keepalive: true,
+      sendfile: true,
+      tls: testCertificate(),
+    });
+    await instrumented(agent, server);
+    const url = (path: string) => `${server.baseUrl}${path}`;
+
+    await t.step("curl, one connection for several URLs", async () => {
+      const urls = [
+        ...Array(5).fill(url("/hello")),
+        ...Array(2).fill(url("/missing")),
+        url("/users/9"),
+      ];
+      const curl = await run("curl", [
+        "-s",
+        "--cacert",
+        ca,
+        ...urls.flatMap((u) => ["-o", "/dev/null", u]),
+      ]);
+      assert.deepEqual(clientCounts(await agent.samples(), curl.pid), {
+        "GET 200 /hello": 5,
+        "GET 200 /users/{id}": 1,
+        "GET 404 /missing": 2,
+      });
+    });
+
+    await t.step(
+      "Python urllib (a connection each) and http.client (keep-alive, POST)",
+      async () => {
+        const script = [
+          "import ssl, urllib.request, http.client",
+          `ctx = ssl.create_default_context(cafile=${JSON.stringify(ca)})`,
+          `for _ in range(4): urllib.request.urlopen(${
+            JSON.stringify(url("/hello"))
+          }, context=ctx).read()`,
+          `c = http.client.HTTPSConnection("127.0.0.1", ${server.port}, context=ctx)`,
+          "for _ in range(3):",
+          "    c.request('POST', '/submit', body=b'x' * 50)",
+          "    c.getresponse().read()",
+          "c.close()",
+        ].join("\n");
+        const py = await run("python3", ["-c", script]);
+        const samples = await agent.samples();
+        assert.deepEqual(clientCounts(samples, py.pid), {
+          "GET 200 /hello": 4,
+          "POST 200 /submit": 3,
+        });
+        const sizes = findSamples(samples, "http_client_request_size_bytes_sum", {
+          ...instance(py.pid),
+          http_request_method: "POST",
+        });
+        assert.equal(sizes[0]?.value, 150);
+      },
+    );
+
+    await t.step(
+      "wrk over https: every request it completed, and those in flight at its end",
+      async () => {
+        const wrk = await run("wrk", ["-t1", "-c2", "-d1s", url("/hello")]);
+        const completed = Number(/(\d+) requests in/.exec(wrk.out)?.[1]);
+        assert.ok(completed > 0, wrk.out);
+        const counts = clientCounts(await agent.samples(), wrk.pid);
+        // As for plain wrk (kprobe_http_client_test.ts): up to 2 requests are in flight at its
+        // deadline, answered (counted 200, not by wrk) or not (status 0).
+        const ok = counts["GET 200 /hello"] ?? 0;
+        const unanswered = counts["GET 0 /hello"] ?? 0;
+        assert.ok(ok >= completed, `${ok} < ${completed}: ${JSON.stringify(counts)}`);
+        assert.ok(ok + unanswered <= completed + 2, `${JSON.stringify(counts)} vs ${completed}`);
+      },
+    );
+
+    await t.step("the server side counted every one of them, once", async () => {
+      const served = serverCounts(await agent.samples(), server.pid);
+      assert.ok((served["GET 200 /hello"] ?? 0) >= 5 + 4, JSON.stringify(served));
+      assert.equal(served["POST 200 /submit"], 3);
+      assert.equal(served["GET 404 /missing"], 2);
+      assert.equal(served["GET 200 /users/{id}"], 1);
+    });
+  },
+});
+
+Deno.test({
+  name: "tls-uprobe: failed handshakes, half-sent requests and a silent server",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    assertBpfAvailable();
+    await using agent = await startAgent({
+      config: { plugins: { "tls-uprobe": { request_timeout: "2s" } } },
+    });
+    const tls = testCertificate();
+    await using server = await startNginx({ workers: 1, keepalive: true, sendfile: true, tls });
+    await instrumented(agent, server);
+
+    await t.step("a client that rejects the certificate: no request anywhere", async () => {
+      const curl = new Deno.Command("curl", {
+        args: ["-s", "-o", "/dev/null", `${server.baseUrl}/hello`], // no --cacert: verify fails
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      assert.equal((await curl.status).code, 60, "curl: certificate verification failed");
+      const samples = await agent.samples();
+      assert.deepEqual(clientCounts(samples, curl.pid), {});
+      assert.deepEqual(serverCounts(samples, server.pid), {});
+    });
+
+    await t.step(
+      "garbage instead of a TLS handshake, and a half-sent request: nothing",
+      async () => {
+        const raw = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+        await raw.write(new Uint8Array(512).map((_, i) => (i * 37 + 11) & 0xff));
+        raw.close();
+        const conn = await Deno.connectTls({
+          hostname: "127.0.0.1",
+          port: server.port,
+          caCerts: [Deno.readTextFileSync(tls.ca)],
+        });
+        await conn.handshake();
+        await conn.write(new TextEncoder().encode("GET /hello HTTP/1.1\r\nHost: x\r\n"));
+        conn.close();
+        await new Promise((r) => setTimeout(r, 300));
+        assert.deepEqual(serverCounts(await agent.samples(), server.pid), {});
+      },
+    );
+
+    await t.step("plain HTTP sent to the HTTPS port: nginx's 400, counted once", async () => {
+      const sent = await sendRequests({
+        port: server.port,
+        spec: { method: "GET", path: "/plain" },
+        count: 1,
+        keepAlive: false,
+      });
+      assert.deepEqual([...sent.statuses], [[400, 1]]);
+      assert.deepEqual(serverCounts(await agent.samples(), server.pid), { "GET 400 /plain": 1 });
+    });
+
+    await t.step("a server that never answers: an error on both sides, once", async () => {
+      // Handshakes, reads the request, never writes; curl gives up after 1 s and closes.
+      const silent = new Deno.Command("python3", {
+        args: [
+          "-c",
+          [
+            "import socket, ssl, sys, time",
+            "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)",
+            `ctx.load_cert_chain(${JSON.stringify(tls.cert)}, ${JSON.stringify(tls.key)})`,
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()",
+            "print(s.getsockname()[1], flush=True)",
+            "c, _ = s.accept(); t = ctx.wrap_socket(c, server_side=True); t.recv(4096)",
+            "time.sleep(30)",
+          ].join("\n"),
+        ],
+        stdout: "piped",
+        stderr: "null",
+      }).spawn();
+      try {
+        const reader = silent.stdout.pipeThrough(new TextDecoderStream()).getReader();
+        const port = Number((await reader.read()).value?.trim());
+        reader.releaseLock();
+        await agent.waitForPid(silent.pid);
+        const curl = new Deno.Command("curl", {
+          args: ["-s", "--cacert", tls.ca, "--max-time", "1", `https://127.0.0.1:${port}/never`],
+          stdout: "null",
+          stderr: "null",
+        }).spawn();
+        assert.equal((await curl.status).code, 28, "curl timed out");
+        assert.deepEqual(clientCounts(await agent.samples(), curl.pid), { "GET 0 /never": 1 });
+        // The server keeps its end open: its request times out (request_timeout 2s, swept).
+        let served: Counts = {};
+        await pollUntil(async () => {
+          served = serverCounts(await agent.samples(), silent.pid);
+          return Object.keys(served).length > 0;
+        }, { timeoutMs: 6_000, intervalMs: 200 });
+        assert.deepEqual(served, { "GET 0 /never": 1 });
+      } finally {
+        silent.kill("SIGKILL");
+        await silent.status;
+        await silent.stdout.cancel().catch(() => {});
+      }
+    });
+
+    await t.step("the agent and the servers are still fine", async () => {
+      const caCert = Deno.readTextFileSync(tls.ca);
+      const sent = await sendRequests({
+        port: server.port,
+        spec: { method: "GET", path: "/hello" },
+        count: 3,
+        keepAlive: true,
+        caCert,
+      });
+      assert.deepEqual([...sent.statuses], [[200, 3]]);
+      assert.equal(serverCounts(await agent.samples(), server.pid)["GET 200 /hello"], 3);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "tls-uprobe: with optional_labels, HTTPS client requests carry server_address and server_port",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    assertBpfAvailable();
+    await using agent = await startAgent({
+      config: { metrics: { optional_labels: ["server_address", "server_port"] } },
+    });
+    const tls = testCertificate();
+    await using a = await startNginx({ workers: 1, keepalive: true, sendfile: true, tls });
+    await using b = await startPython({ tls: true });
+    const curl = await run("curl", [
+      "-s",
+      "--cacert",
+      tls.ca,
+      ...[a, a, a, b].flatMap((s) => ["-o", "/dev/null", `${s.baseUrl}/hello`]),
+    ]);
+    const samples = findSamples(
+      await agent.samples(),
+      "http_client_duration_seconds_count",
+      instance(curl.pid),
+    );
+    const byPeer = Object.fromEntries(
+      samples.map((s) => [`${s.labels.server_address}:${s.labels.server_port}`, s.value]),
+    );
+    assert.deepEqual(byPeer, { [`127.0.0.1:${a.port}`]: 3, [`127.0.0.1:${b.port}`]: 1 });
+  },
+});
