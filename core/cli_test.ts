@@ -123,6 +123,13 @@ Deno.test("main() --print-config prints the effective configuration as JSON", as
       aggregate_in_kernel: true,
       clients: "every_process",
     },
+    "tls-uprobe": {
+      request_timeout: 30_000,
+      max_connections: 16384,
+      aggregate_in_kernel: true,
+      clients: "every_process",
+      libraries: "auto",
+    },
     "go-http": {
       executables: [],
       servers: "auto",
@@ -160,6 +167,6 @@ Deno.test("main() --print-config leaves out a disabled plugin", async () => {
   await withFile("plugins:\n  kprobe-http:\n    enabled: false\n", async (file) => {
     const r = await run(["-c", file, "--print-config"]);
     assert.equal(r.status, 0, r.err);
-    assert.deepEqual(Object.keys(JSON.parse(r.out).plugins), ["go-http"]);
+    assert.deepEqual(Object.keys(JSON.parse(r.out).plugins), ["tls-uprobe", "go-http"]);
   });
 });

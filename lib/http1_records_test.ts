@@ -18,6 +18,7 @@ const HEADER_URL = new URL("../bpf/http1.h", import.meta.url);
 /** The objects whose records this module decodes. */
 const OBJECT_URLS = [
   new URL("../plugins/kprobe_http/kprobe_http.bpf.o", import.meta.url),
+  new URL("../plugins/tls_uprobe/tls_uprobe.bpf.o", import.meta.url),
 ];
 
 /** The fields of a decoded event as plain data (the event itself computes some lazily). */

@@ -3,6 +3,10 @@
  * and with the agent, in one run, alternating, repeated; plus the agent's own CPU per request.
  *
  *   deno run -A scripts/bench_http.ts [--rounds 5] [--seconds 10] [--out bench/results/http.md]
+ *   deno run -A scripts/bench_http.ts --tls [--out bench/results/https.md]
+ *
+ * With `--tls` nginx serves HTTPS (TLS 1.3, keep-alive: one handshake per connection) and the
+ * agent measures it with tls-uprobe (uprobes in libssl.so.3) instead of kprobe-http.
  *
  * Setup: nginx (1 worker pinned to CPU 0, keep-alive, sendfile on, access log on) serving a
  * 6-byte file on 127.0.0.1; wrk (1 thread, 10 connections) pinned to CPU 1; the agent
@@ -11,6 +15,7 @@
  *
  * @module
  */
+import { testCertificate } from "../tests/support/tls.ts";
 import {
   type Agent,
   cpuNs,
@@ -28,6 +33,8 @@ const args = parseBenchArgs();
 const ROUNDS = args.rounds;
 const SECONDS = args.seconds;
 const CONNECTIONS = args.connections;
+const TLS = args.tls;
+const SCHEME = TLS ? "https" : "http";
 
 async function startNginx(): Promise<
   { port: number; worker: () => number; stop: () => Promise<void> }
@@ -50,7 +57,14 @@ http {
   keepalive_requests 100000000;
   client_body_temp_path ${dir}/tmp; proxy_temp_path ${dir}/tmp; fastcgi_temp_path ${dir}/tmp;
   uwsgi_temp_path ${dir}/tmp; scgi_temp_path ${dir}/tmp;
-  server { listen 127.0.0.1:${port}; root ${dir}/html; }
+  server {
+    listen 127.0.0.1:${port}${TLS ? " ssl" : ""}; root ${dir}/html;${
+      TLS
+        ? `
+    ssl_certificate ${testCertificate().cert}; ssl_certificate_key ${testCertificate().key};`
+        : ""
+    }
+  }
 }
 `,
   );
@@ -92,14 +106,20 @@ http {
 }
 
 /**
- * The agent with its defaults, except that wrk (a client kprobe-http would measure too) is left
- * alone: this benchmark measures what nginx pays, and probes in wrk would slow the load.
+ * The agent with its defaults, except that wrk (a client kprobe-http and tls-uprobe would
+ * measure too) is left alone: this benchmark measures what nginx pays, and probes in wrk would
+ * slow the load (with `clients: targets`, tls-uprobe's uprobes are in nginx's worker only).
  */
 async function startAgent(): Promise<Agent> {
   const config = await Deno.makeTempFile({ prefix: "redprobe-bench-", suffix: ".json" });
   await Deno.writeTextFile(
     config,
-    JSON.stringify({ plugins: { "kprobe-http": { clients: "targets" } } }),
+    JSON.stringify({
+      plugins: {
+        "kprobe-http": { clients: "targets" },
+        "tls-uprobe": { clients: "targets" },
+      },
+    }),
   );
   return startAgentUntil({
     until: /instrumenting pid \d+ \/usr\/sbin\/nginx/,
@@ -109,7 +129,7 @@ async function startAgent(): Promise<Agent> {
 
 function wrk(port: number): Promise<{ rps: number; requests: number }> {
   return wrkAt({
-    url: `http://127.0.0.1:${port}/hello`,
+    url: `${SCHEME}://127.0.0.1:${port}/hello`,
     seconds: SECONDS,
     connections: CONNECTIONS,
   });
@@ -117,7 +137,7 @@ function wrk(port: number): Promise<{ rps: number; requests: number }> {
 
 function heyP99(port: number, rate: number): Promise<number> {
   return heyP99At({
-    url: `http://127.0.0.1:${port}/hello`,
+    url: `${SCHEME}://127.0.0.1:${port}/hello`,
     seconds: SECONDS,
     connections: CONNECTIONS,
     rate,
@@ -229,15 +249,20 @@ const summary = {
   p99AddedMedianMs: median(rounds.map((r) => r.agentP99Ms - r.baselineP99Ms)),
   agentCpuUsPerRequestMedian: median(rounds.map((r) => r.agentCpuUsPerRequest)),
 };
-const command = `deno run -A scripts/bench_http.ts --rounds ${ROUNDS} --seconds ${SECONDS}`;
+const command = `deno run -A scripts/bench_http.ts --rounds ${ROUNDS} --seconds ${SECONDS}${
+  TLS ? " --tls" : ""
+}`;
 const pct = (ratio: number) => `${((ratio - 1) * 100).toFixed(1)}%`;
 const table = [
-  `# nginx with and without redprobe`,
+  TLS
+    ? `# nginx over HTTPS with and without redprobe (tls-uprobe)`
+    : `# nginx with and without redprobe`,
   ``,
   `Command: \`${command}\`  `,
   `Machine: ${Deno.hostname()}, ${navigator.hardwareConcurrency} CPUs, ${Deno.osRelease()}, ` +
   `${new Date().toISOString()}  `,
-  `nginx: 1 worker pinned to CPU 0, keep-alive, sendfile on, access log on, 6-byte file. ` +
+  `nginx: 1 worker pinned to CPU 0, keep-alive, sendfile on, access log on, 6-byte file` +
+  `${TLS ? ", HTTPS (TLS 1.3, ECDSA P-256 certificate)" : ""}. ` +
   `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s pinned to CPU 1; the agent unpinned. ` +
   `p99: hey at half the round's baseline rate. CPU: /proc/<pid>/task/*/schedstat.`,
   ``,
@@ -253,7 +278,7 @@ const table = [
   ),
   ``,
   `Medians over the rounds: throughput **${(-summary.throughputLossMedianPct).toFixed(1)}%** ` +
-  `(target: no worse than -5%); nginx CPU per request **+${
+  `(target: no worse than ${TLS ? "-10%" : "-5%"}); nginx CPU per request **+${
     summary.nginxCpuAddedMedianUs.toFixed(2)
   } µs ` +
   `(${summary.nginxCpuAddedMedianPct.toFixed(1)}%)** (the probes run in its syscalls); ` +

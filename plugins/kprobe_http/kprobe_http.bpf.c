@@ -70,6 +70,14 @@ static __always_inline struct http_conn *create_conn(struct sock *sk, __u64 cook
 {
 	if (!is_tcp(sk))
 		return NULL;
+	/*
+	 * A socket with an upper-layer protocol is kernel TLS (kTLS, the only ULP that carries
+	 * HTTP): its plaintext passes here, but the program also hands it to OpenSSL, where
+	 * tls-uprobe counts it. Counted once, there. (No kernel of this project's machines has the
+	 * tls module; this is not exercised by the tests.)
+	 */
+	if (BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_ulp_ops))
+		return NULL;
 	struct http_conn_key key = { .id = cookie };
 	struct http_conn *c = http_conn_create(&key, tgid, client);
 	if (c)

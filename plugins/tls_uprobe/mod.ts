@@ -5,10 +5,14 @@
  * request gets exactly the metrics and labels a plain one gets.
  *
  * Which files are probed:
- * - the system's libssl (every process that maps it; the BPF code keeps targets, and with
- *   `clients: every_process` any process's client connections), attached once at start;
- * - for each target, any other libssl it maps and its executable when that has OpenSSL linked
- *   in (Node.js): one attachment per file, shared by every target that uses it.
+ * - with `clients: every_process`, the system's libssl, attached once at start for every
+ *   process that maps it (the BPF code keeps targets' connections and any process's client
+ *   connections); and for each target, any other libssl it maps and its executable when that
+ *   has OpenSSL linked in (Node.js): one attachment per file, shared by every target using it;
+ * - otherwise, the same files per target process only. A uprobe for one process puts its
+ *   breakpoints in that process alone, so the others (a load generator, a backup job using
+ *   libssl) pay nothing for them; a uprobe for every process traps in all of them, ~1 µs per
+ *   SSL call even where the BPF code then ignores the call.
  *
  * @module
  */
@@ -180,10 +184,12 @@ export default definePlugin<HttpRequestEvent, TlsUprobeOptions>({
   appliesTo: (target) =>
     targetFiles(target).length > 0 ||
     { skip: "no_openssl", detail: "maps no libssl and has no OpenSSL linked in", quiet: true },
-  attachForTarget: (target) =>
+  attachForTarget: (target, { options }) =>
     targetFiles(target)
       .filter(({ plan }) => !globalFiles.has(plan.fileId))
-      .flatMap(({ path, plan }) => planAttachments(path, plan, true)),
+      .flatMap(({ path, plan }) =>
+        planAttachments(path, plan, options.clients === "every_process")
+      ),
   kernelCounters: TLS_KERNEL_COUNTERS,
   aggregates: http1Aggregates,
   decode: decodeHttpRequestEvent,

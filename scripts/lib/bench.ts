@@ -20,9 +20,11 @@ export interface BenchArgs {
   out?: string;
   /** wrk's and hey's connections. */
   connections: number;
+  /** `--tls`: the server speaks HTTPS (benchmarks that support it). */
+  tls: boolean;
 }
 
-/** `--rounds N --seconds S --out FILE --connections C` from `Deno.args`, with `defaults`. */
+/** `--rounds N --seconds S --out FILE --connections C [--tls]` from `Deno.args`, with `defaults`. */
 export function parseBenchArgs(
   defaults: { rounds?: number; seconds?: number; out?: string; connections?: number } = {},
 ): BenchArgs {
@@ -33,6 +35,7 @@ export function parseBenchArgs(
       seconds: { type: "string", default: String(defaults.seconds ?? 10) },
       out: { type: "string", ...(defaults.out !== undefined ? { default: defaults.out } : {}) },
       connections: { type: "string", default: String(defaults.connections ?? 10) },
+      tls: { type: "boolean", default: false },
     },
   });
   const positive = (name: string, text: string) => {
@@ -45,6 +48,7 @@ export function parseBenchArgs(
     seconds: positive("seconds", values.seconds),
     out: values.out || undefined,
     connections: positive("connections", values.connections),
+    tls: values.tls,
   };
 }
 

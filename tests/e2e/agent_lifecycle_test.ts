@@ -12,7 +12,13 @@ import { findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
 import { sendRequests, startNginx, startPython } from "../support/mod.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
-const OUR_PROGRAMS = ["on_sock_recv", "on_sock_send", "on_sock_state"];
+/** The programs of the default plugins (kprobe-http, tls-uprobe, go-http), loaded at start. */
+const OUR_PROGRAMS = [
+  ...["on_sock_recv", "on_sock_send", "on_sock_state"],
+  ...["tls_enter", "tls_exit", "tls_free", "tls_sock_recv", "tls_sock_send", "tls_sock_state"],
+  "tls_sweep",
+  ...["go_client_end", "go_client_start", "go_server_end", "go_server_start", "go_server_status"],
+];
 
 /** id -> name of the BPF programs loaded in the kernel now (`bpftool prog list`). */
 async function loadedPrograms(): Promise<Map<number, string>> {

@@ -361,3 +361,33 @@ Deno.test({
     assert.deepEqual(byPeer, { [`127.0.0.1:${a.port}`]: 3, [`127.0.0.1:${b.port}`]: 1 });
   },
 });
+
+Deno.test({
+  name: "tls-uprobe: two Node servers share one attachment to node's OpenSSL, until the last exits",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    assertBpfAvailable();
+    await using agent = await startAgent();
+    const first = await startNode({ tls: true });
+    await using second = await startNode({ tls: true });
+    try {
+      await instrumented(agent, first);
+      await instrumented(agent, second);
+      assert.deepEqual(serverCounts(await agent.samples(), first.pid), {});
+      const expectedFirst = await sendMix(first, true);
+      const expectedSecond = await sendMix(second, true);
+      const samples = await agent.samples();
+      assert.deepEqual(serverCounts(samples, first.pid), expectedFirst);
+      assert.deepEqual(serverCounts(samples, second.pid), expectedSecond);
+    } finally {
+      await first.stop();
+    }
+    await agent.waitForRelease(first.pid);
+    // The attachment stays for the server still running.
+    const again = await sendMix(second, false);
+    const counts = serverCounts(await agent.samples(), second.pid);
+    for (const [key, n] of Object.entries(again)) assert.equal(counts[key], 2 * n, key);
+  },
+});
