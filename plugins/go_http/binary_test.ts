@@ -7,12 +7,13 @@
 import assert from "node:assert/strict";
 import {
   analyzeGoBinary,
-  GoBinaryCache,
   GoBinarySkip,
   type GoHttpBinary,
+  goHttpBinaryCache,
   probeCookie,
   tableOffsets,
 } from "./binary.ts";
+import { looksLikeGo } from "../../lib/go_binary.ts";
 import { buildGoFixture } from "../../tests/support/go_build.ts";
 import { npmBinary } from "../../tests/support/npm_binaries.ts";
 import { hasTool } from "../../tests/support/tools.ts";
@@ -160,7 +161,7 @@ Deno.test({
   async fn() {
     const path = await buildGoFixture("go_hello", { stripped: true });
     assert.equal(skipReason(Deno.readFileSync(path)), "no_net_http");
-    assert.ok(GoBinaryCache.looksLikeGo(path), "it is Go, though");
+    assert.ok(looksLikeGo(path), "it is Go, though");
   },
 });
 
@@ -190,13 +191,13 @@ Deno.test("probe cookies pack the five offsets, the executable index and the any
 });
 
 Deno.test("looksLikeGo reads only section names: Go yes, C no, missing file no", () => {
-  assert.ok(GoBinaryCache.looksLikeGo("/usr/bin/hey"));
-  assert.ok(!GoBinaryCache.looksLikeGo("/usr/bin/ls"));
-  assert.ok(!GoBinaryCache.looksLikeGo("/nonexistent/redprobe"));
+  assert.ok(looksLikeGo("/usr/bin/hey"));
+  assert.ok(!looksLikeGo("/usr/bin/ls"));
+  assert.ok(!looksLikeGo("/nonexistent/redprobe"));
 });
 
 Deno.test("the cache analyses a file once and reports unreadable paths as skips", () => {
-  const cache = new GoBinaryCache();
+  const cache = goHttpBinaryCache();
   const first = cache.analyze("/usr/bin/hey");
   assert.equal(cache.analyze("/usr/bin/hey"), first);
   const missing = cache.analyze("/nonexistent/redprobe");

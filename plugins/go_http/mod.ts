@@ -37,16 +37,17 @@ import {
   GoHttpKind,
 } from "./decode.ts";
 import {
-  GoBinaryCache,
   GoBinarySkip,
   type GoHttpBinary,
+  goHttpBinaryCache,
   type GoHttpOffsets,
   probeCookie,
   type ProbeSite,
   readsStatusAtEnd,
 } from "./binary.ts";
+import { looksLikeGo } from "../../lib/go_binary.ts";
 
-const binaries = new GoBinaryCache();
+const binaries = goHttpBinaryCache();
 
 /** `skip_executables` compiled, per options object. */
 const skipPatterns = new WeakMap<GoHttpOptions, RegExp | undefined>();
@@ -289,7 +290,7 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
   selectsExecutable(exe, pid, { options }) {
     if (skipped(options, exe)) return false;
     const path = `/proc/${pid}/exe`;
-    if (!GoBinaryCache.looksLikeGo(path)) return false;
+    if (!looksLikeGo(path)) return false;
     const result = binaries.analyze(path);
     return !(result instanceof GoBinarySkip) && result.client !== undefined;
   },
