@@ -137,6 +137,10 @@ Deno.test("main() --print-config prints the effective configuration as JSON", as
       aggregate_in_kernel: true,
       max_in_flight: 16384,
     },
+    "go-grpc": {
+      aggregate_in_kernel: true,
+      max_in_flight: 16384,
+    },
   });
 });
 
@@ -167,6 +171,6 @@ Deno.test("main() --print-config leaves out a disabled plugin", async () => {
   await withFile("plugins:\n  kprobe-http:\n    enabled: false\n", async (file) => {
     const r = await run(["-c", file, "--print-config"]);
     assert.equal(r.status, 0, r.err);
-    assert.deepEqual(Object.keys(JSON.parse(r.out).plugins), ["tls-uprobe", "go-http"]);
+    assert.deepEqual(Object.keys(JSON.parse(r.out).plugins), ["tls-uprobe", "go-http", "go-grpc"]);
   });
 });

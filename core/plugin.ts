@@ -124,25 +124,36 @@ export type RedObservation =
   };
 
 /**
- * A batch of HTTP observations sharing one label set, from histograms a plugin aggregates in
- * the kernel: bucket counts per configured bucket (the last one is +Inf) and sums.
+ * A batch of observations sharing one label set, from histograms a plugin aggregates in the
+ * kernel: bucket counts per configured bucket (the last one is +Inf) and sums.
  */
-export interface RedAggregate {
-  kind: "http_server" | "http_client";
-  pid: number;
-  method: string;
-  status: number;
-  route: string;
-  durationBuckets: ArrayLike<number>;
-  durationSumSeconds: number;
-  sizeBuckets: ArrayLike<number>;
-  sizeSumBytes: number;
-  /** As in RedObservation: labels for a process discovery never saw. */
-  exe?: string;
-  /** As in RedObservation: the client side's peer. */
-  serverAddress?: string;
-  serverPort?: number;
-}
+export type RedAggregate =
+  | {
+    kind: "http_server" | "http_client";
+    pid: number;
+    method: string;
+    status: number;
+    route: string;
+    durationBuckets: ArrayLike<number>;
+    durationSumSeconds: number;
+    sizeBuckets: ArrayLike<number>;
+    sizeSumBytes: number;
+    /** As in RedObservation: labels for a process discovery never saw. */
+    exe?: string;
+    /** As in RedObservation: the client side's peer. */
+    serverAddress?: string;
+    serverPort?: number;
+  }
+  | {
+    kind: "rpc_server" | "rpc_client";
+    pid: number;
+    rpcMethod: string;
+    rpcSystem: string;
+    grpcStatusCode: number;
+    durationBuckets: ArrayLike<number>;
+    durationSumSeconds: number;
+    exe?: string;
+  };
 
 /** Read access to one of the plugin's own maps (the core does the reading). */
 export type MapLookup = (map: string, key: Uint8Array<ArrayBuffer>) => Uint8Array | undefined;

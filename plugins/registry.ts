@@ -5,8 +5,9 @@
  * @module
  */
 import type { AnyPlugin } from "../core/plugin.ts";
+import goGrpc from "./go_grpc/mod.ts";
 import goHttp from "./go_http/mod.ts";
 import kprobeHttp from "./kprobe_http/mod.ts";
 import tlsUprobe from "./tls_uprobe/mod.ts";
 
-export const BUILTIN_PLUGINS: readonly AnyPlugin[] = [kprobeHttp, tlsUprobe, goHttp];
+export const BUILTIN_PLUGINS: readonly AnyPlugin[] = [kprobeHttp, tlsUprobe, goHttp, goGrpc];

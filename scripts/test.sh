@@ -7,9 +7,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 # clang, llvm (llvm-strip), libbpf-dev and bpftool build and inspect the BPF objects;
 # libbpf1 is the agent's runtime; nginx, python3, node and golang-go run servers under test;
+# golang-google-grpc-dev (grpc-go 1.33) builds the gRPC fixtures (GOPATH mode, no module proxy);
 # curl, wrk and hey drive traffic; prometheus ships promtool; strace checks syscalls.
 ensure_packages libbpf1 clang llvm libbpf-dev bpftool nginx python3 curl wrk hey golang-go \
-  prometheus strace
+  golang-google-grpc-dev prometheus strace
 command -v node >/dev/null || ensure_packages nodejs
 # linux-perf only enables extra checks: try it, but never fail (or demand root) for it.
 if [[ $EUID -eq 0 ]]; then

@@ -169,25 +169,39 @@ export class RedExporter {
       cell.duration.family.record(cell.duration.series, o.durationSeconds);
       cell.size.family.record(cell.size.series, o.requestSizeBytes ?? 0);
     } else if ("rpcMethod" in o) {
-      const family = o.kind === "rpc_server" ? this.rpcServerDuration : this.rpcClientDuration;
-      const key = [
-        target.serviceName,
-        target.serviceNamespace,
-        target.instance,
-        o.rpcMethod,
-        o.rpcSystem,
-        o.grpcStatusCode,
-      ]
-        .join(SEP);
-      family.observe(key, () => ({
-        service_name: target.serviceName,
-        service_namespace: target.serviceNamespace,
-        target_instance: target.instance,
-        rpc_method: o.rpcMethod,
-        rpc_system: o.rpcSystem,
-        rpc_grpc_status_code: String(o.grpcStatusCode),
-      }), o.durationSeconds);
+      const series = this.#rpcSeries(o, target);
+      if (series) series.family.record(series.series, o.durationSeconds);
     }
+  }
+
+  /** The duration series of an RPC label set; undefined when the cap dropped it. */
+  #rpcSeries(
+    o: {
+      kind: "rpc_server" | "rpc_client";
+      rpcMethod: string;
+      rpcSystem: string;
+      grpcStatusCode: number;
+    },
+    target: TargetLabels,
+  ): { family: HistogramFamily; series: Series } | undefined {
+    const family = o.kind === "rpc_server" ? this.rpcServerDuration : this.rpcClientDuration;
+    const key = [
+      target.serviceName,
+      target.serviceNamespace,
+      target.instance,
+      o.rpcMethod,
+      o.rpcSystem,
+      o.grpcStatusCode,
+    ].join(SEP);
+    const series = family.series(key, () => ({
+      service_name: target.serviceName,
+      service_namespace: target.serviceNamespace,
+      target_instance: target.instance,
+      rpc_method: o.rpcMethod,
+      rpc_system: o.rpcSystem,
+      rpc_grpc_status_code: String(o.grpcStatusCode),
+    }));
+    return series ? { family, series } : undefined;
   }
 
   /**
@@ -258,8 +272,15 @@ export class RedExporter {
     return cell;
   }
 
-  /** Records a batch of HTTP observations a plugin aggregated in the kernel. */
+  /** Records a batch of observations a plugin aggregated in the kernel. */
   observeAggregate(a: RedAggregate, target: TargetLabels): void {
+    if ("rpcMethod" in a) {
+      const series = this.#rpcSeries(a, target);
+      if (series) {
+        series.family.recordBuckets(series.series, a.durationBuckets, a.durationSumSeconds);
+      }
+      return;
+    }
     const cell = this.#httpCell(a.kind === "http_server", target, a.route, a.method, a.status, a);
     if (!cell) return;
     cell.duration.family.recordBuckets(

@@ -214,7 +214,7 @@ Deno.test("kprobe-http turns an in-kernel histogram delta into an aggregate with
     return path;
   }, { options: kprobeHttpOptions.parse({}), buckets: BUCKETS });
   assert.deepEqual(lookups, ["paths:1,2,3,4,5,6,7,8"]);
-  assert.ok(aggregate);
+  assert.ok(aggregate && "method" in aggregate);
   assert.equal(aggregate.pid, 4242);
   assert.equal(aggregate.method, "POST");
   assert.equal(aggregate.status, 404);

@@ -12,12 +12,13 @@ import { findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
 import { sendRequests, startNginx, startPython } from "../support/mod.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
-/** The programs of the default plugins (kprobe-http, tls-uprobe, go-http), loaded at start. */
+/** The programs of the default plugins (kprobe-http, tls-uprobe, go-http, go-grpc), at start. */
 const OUR_PROGRAMS = [
   ...["on_sock_recv", "on_sock_send", "on_sock_state"],
   ...["tls_enter", "tls_exit", "tls_free", "tls_sock_recv", "tls_sock_send", "tls_sock_state"],
   "tls_sweep",
   ...["go_client_end", "go_client_start", "go_server_end", "go_server_start", "go_server_status"],
+  ...["grpc_client_end", "grpc_client_start", "grpc_server_end", "grpc_server_start"],
 ];
 
 /** id -> name of the BPF programs loaded in the kernel now (`bpftool prog list`). */
