@@ -140,6 +140,7 @@ Deno.test("main() --print-config prints the effective configuration as JSON", as
     "go-grpc": {
       aggregate_in_kernel: true,
       max_in_flight: 16384,
+      skip_executables: [],
     },
   });
 });

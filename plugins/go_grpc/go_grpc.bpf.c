@@ -122,7 +122,9 @@ static __always_inline int start_call(struct call_key *key, __u64 method_addr, _
 	m->len = n;
 	start.method_len = n;
 	start.method_hash = red_path_hash(m->method, n, GO_GRPC_METHOD_MAX);
-	bpf_map_update_elem(&methods, &start.method_hash, m, BPF_NOEXIST);
+	/* Looked up first: an update, even one refused as existing, takes the bucket's lock. */
+	if (!bpf_map_lookup_elem(&methods, &start.method_hash))
+		bpf_map_update_elem(&methods, &start.method_hash, m, BPF_NOEXIST);
 	/* NOEXIST: a client's retry starts a new attempt, a new key; the first start stays. */
 	if (bpf_map_update_elem(&calls, key, &start, BPF_NOEXIST) == -7 /* E2BIG */)
 		redprobe_count(GRPC_STAT_TABLE_FULL);

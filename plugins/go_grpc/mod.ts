@@ -14,6 +14,7 @@
 import { z } from "zod";
 import { type AttachSpec, definePlugin, type TargetProcess } from "../../core/plugin.ts";
 import { GoBinarySkip, looksLikeGo } from "../../lib/go_binary.ts";
+import { globMatcher } from "../../lib/globs.ts";
 import { fitsInKernel, histogramConstants, histogramDelta } from "../../lib/red_histogram.ts";
 import bpfObject from "./go_grpc.bpf.o" with { type: "bytes" };
 import { type GoGrpcBinary, goGrpcBinaryCache, probeCookies } from "./binary.ts";
@@ -36,11 +37,16 @@ export const goGrpcOptions = z.strictObject({
   aggregate_in_kernel: z.boolean().default(true),
   /** Calls in flight tracked at once (least recently started forgotten beyond). */
   max_in_flight: z.number().int().min(64).max(1 << 20).default(16384),
+  /** Executables (paths; `*` matches any run of characters) go-grpc leaves alone. */
+  skip_executables: z.array(z.string().min(1)).default([]),
 });
 
 export type GoGrpcOptions = z.infer<typeof goGrpcOptions>;
 
 const binaries = goGrpcBinaryCache();
+
+/** Whether `skip_executables` names `exe`. */
+const skipped = globMatcher((options: GoGrpcOptions) => options.skip_executables);
 
 const PROGRAMS = ["grpc_server_start", "grpc_server_end", "grpc_client_start", "grpc_client_end"];
 
@@ -84,7 +90,10 @@ export default definePlugin<GoGrpcEvent, GoGrpcOptions>({
   maxEntries: ({ options }) => ({ calls: options.max_in_flight }),
   uprobeMultiPrograms: PROGRAMS,
   kernelCounters: GO_GRPC_KERNEL_COUNTERS,
-  appliesTo(target) {
+  appliesTo(target, { options }) {
+    if (skipped(options, target.exe)) {
+      return { skip: "configured", detail: "plugins.go-grpc.skip_executables" };
+    }
     const result = analysisOf(target);
     if (result instanceof GoBinarySkip) {
       return {
@@ -96,7 +105,8 @@ export default definePlugin<GoGrpcEvent, GoGrpcOptions>({
     return true;
   },
   // gRPC clients need not listen anywhere: a Go program with grpc-go's client code is a target.
-  selectsExecutable(_exe, pid) {
+  selectsExecutable(exe, pid, { options }) {
+    if (skipped(options, exe)) return false;
     const path = `/proc/${pid}/exe`;
     if (!looksLikeGo(path)) return false;
     const result = binaries.analyze(path);

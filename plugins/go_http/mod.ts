@@ -46,18 +46,12 @@ import {
   readsStatusAtEnd,
 } from "./binary.ts";
 import { looksLikeGo } from "../../lib/go_binary.ts";
+import { globMatcher } from "../../lib/globs.ts";
 
 const binaries = goHttpBinaryCache();
 
-/** `skip_executables` compiled, per options object. */
-const skipPatterns = new WeakMap<GoHttpOptions, RegExp | undefined>();
-
-function skipped(options: GoHttpOptions, exe: string): boolean {
-  if (!skipPatterns.has(options)) {
-    skipPatterns.set(options, globsToRegExp(options.skip_executables));
-  }
-  return skipPatterns.get(options)?.test(exe) ?? false;
-}
+/** Whether `skip_executables` names `exe`. */
+const skipped = globMatcher((options: GoHttpOptions) => options.skip_executables);
 
 export const goHttpOptions = z.strictObject({
   /**
@@ -102,15 +96,6 @@ export const goHttpOptions = z.strictObject({
 export type GoHttpOptions = z.infer<typeof goHttpOptions>;
 
 const routes = new RouteCache();
-
-/** `*`-globs to one regular expression over whole paths. */
-function globsToRegExp(globs: readonly string[]): RegExp | undefined {
-  if (globs.length === 0) return undefined;
-  const alternatives = globs.map((g) =>
-    g.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")
-  );
-  return new RegExp(`^(?:${alternatives.join("|")})$`);
-}
 
 /** Identity of a file, to tell a target's executable is one of the configured ones. */
 function fileId(path: string): string | undefined {

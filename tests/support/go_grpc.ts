@@ -96,7 +96,7 @@ export const GRPC_MODULES: Record<string, string> = {
 
 /** Builds the fixture server or client (cached under .cache/go) and returns its path. */
 export function buildGrpcFixture(
-  which: "server" | "client",
+  which: "server" | "client" | "load",
   options: { stripped?: boolean } = {},
 ): Promise<string> {
   return buildGoFixture(`go_grpc/${which}`, {
