@@ -63,8 +63,14 @@ struct tls_call {
 	__u8 _pad[6];
 };
 
+/*
+ * A plain hash, not an LRU: an LRU may evict a live entry to make room before the map is full,
+ * and a call whose entry was evicted would lose its plaintext. An entry whose exit never came
+ * (the thread died inside the call) is overwritten by the thread's next call, or stays: at most
+ * one per thread. A full map is counted (tls_calls_lost).
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64); /* pid_tgid: the thread */
 	__type(value, struct tls_call);
