@@ -485,7 +485,11 @@ static long completion_step(__u32 i, struct completion_ctx *x)
 		return 1;
 	if (x->expire) {
 		__u64 start = c->q[head & QUEUE_MASK].start_ns;
-		if (x->now - start < request_timeout_ns) {
+		/*
+		 * A request may have started on another CPU after `now` was read: it is the youngest
+		 * there is (the unsigned difference would make it look 584 years old).
+		 */
+		if (start >= x->now || x->now - start < request_timeout_ns) {
 			x->next = start + request_timeout_ns - x->now;
 			return 1;
 		}
@@ -535,7 +539,7 @@ static __always_inline void arm_timer(struct http_conn *c)
 {
 }
 
-static long sweep_conn(void *map, struct http_conn_key *key, struct http_conn *c, __u64 *now)
+static long sweep_conn(void *map, struct http_conn_key *key, struct http_conn *c, void *unused)
 {
 	if (c->head == c->tail)
 		return 0;
@@ -545,7 +549,7 @@ static long sweep_conn(void *map, struct http_conn_key *key, struct http_conn *c
 	}
 	struct completion_ctx x = {
 		.c = c,
-		.now = *now,
+		.now = bpf_ktime_get_ns(), /* per connection: the sweep takes a while */
 		.flags = HTTP_FLAG_TIMEOUT,
 		.stat = HTTP_STAT_TIMEOUTS,
 		.expire = 1,
@@ -557,8 +561,7 @@ static long sweep_conn(void *map, struct http_conn_key *key, struct http_conn *c
 /* Completes every request older than request_timeout_ns with status 0 (see HTTP1_SWEEP). */
 static __always_inline void http1_sweep(void)
 {
-	__u64 now = bpf_ktime_get_ns();
-	bpf_for_each_map_elem(&conns, sweep_conn, &now, 0);
+	bpf_for_each_map_elem(&conns, sweep_conn, NULL, 0);
 }
 #endif
 

@@ -13,6 +13,14 @@ import type { Logger } from "./log.ts";
 import type { RedAggregate, RedObservation, TargetProcess } from "./plugin.ts";
 import { PluginHost } from "./plugin_host.ts";
 import { exePath, parseEnviron, serviceIdentity } from "../lib/proc.ts";
+import { RouteMapper } from "../lib/route.ts";
+
+/** The number of observations in a histogram delta. */
+function sumOf(counts: ArrayLike<number>): number {
+  let n = 0;
+  for (let i = 0; i < counts.length; i++) n += counts[i];
+  return n;
+}
 
 /** service_name and service_namespace of a process from /proc, else from `exe` alone. */
 function describeProcess(
@@ -60,6 +68,8 @@ export class Agent implements AsyncDisposable {
   readonly #hosts: PluginHost[] = [];
   readonly #labels = new Map<number, TargetLabels>();
   readonly #released = new Map<number, number>(); // pid -> time released
+  /** http_route from the request paths (`routes` configuration). */
+  readonly #routes: RouteMapper;
   #discovery: Discovery | undefined;
   #server: Deno.HttpServer<Deno.NetAddr> | undefined;
   #timer: ReturnType<typeof setInterval> | undefined;
@@ -69,6 +79,12 @@ export class Agent implements AsyncDisposable {
   private constructor(options: AgentOptions) {
     this.#config = options.config;
     this.#log = options.log;
+    const r = options.config.routes;
+    this.#routes = new RouteMapper({
+      patterns: r.patterns,
+      ignored: r.ignored,
+      maxPerService: r.max_per_service,
+    });
     const m = options.config.metrics;
     this.exporter = new RedExporter({
       naming: m.naming,
@@ -130,7 +146,9 @@ export class Agent implements AsyncDisposable {
       observe: (o: RedObservation) => this.#observe(o),
       observeAggregate: (a: RedAggregate) => {
         const labels = this.#labelsOf(a.pid, a.exe);
-        if (labels) this.exporter.observeAggregate(a, labels);
+        if (!labels) return;
+        const routed = "method" in a ? this.#routed(a, labels, sumOf(a.durationBuckets)) : a;
+        if (routed) this.exporter.observeAggregate(routed, labels);
       },
       dropped: (plugin: string, reason: string) => this.exporter.dropped(plugin, reason),
       attachFailed: (plugin: string, reason: string) => this.exporter.attachFailed(plugin, reason),
@@ -285,7 +303,29 @@ export class Agent implements AsyncDisposable {
 
   #observe(o: RedObservation): void {
     const labels = this.#labelsOf(o.pid, "exe" in o ? o.exe : undefined);
-    if (labels) this.exporter.observe(o, labels);
+    if (!labels) return;
+    const routed = "method" in o ? this.#routed(o, labels, 1) : o;
+    if (routed) this.exporter.observe(routed, labels);
+  }
+
+  /**
+   * `o` with its route as the `routes` configuration maps it (from its path when the plugin
+   * gives one), or undefined when it is ignored. `n`: the requests it stands for.
+   */
+  #routed<T extends { route: string; path?: string; pathTruncated?: boolean }>(
+    o: T,
+    labels: TargetLabels,
+    n: number,
+  ): T | undefined {
+    const result = o.path !== undefined
+      ? this.#routes.route(labels.serviceName, o.path, o.pathTruncated)
+      : this.#routes.capped(labels.serviceName, o.route);
+    if ("ignored" in result) {
+      this.exporter.routesIgnored(labels.serviceName, n);
+      return undefined;
+    }
+    if (result.overflow) this.exporter.routeOverflow(labels.serviceName, n);
+    return result.route === o.route ? o : { ...o, route: result.route };
   }
 
   /**

@@ -12,6 +12,7 @@ import { parseDurationMs } from "../lib/duration.ts";
 import { LOG_LEVELS } from "./log.ts";
 import type { AnyPlugin } from "./plugin.ts";
 import { OPTIONAL_HTTP_CLIENT_LABELS } from "./exporter/red_metrics.ts";
+import { RoutePattern } from "../lib/route.ts";
 
 /** A configuration problem: the agent exits with status 2 before attaching anything. */
 export class ConfigError extends Error {
@@ -38,6 +39,18 @@ const buckets = z.array(z.number().finite().nonnegative()).min(1).refine(
   "bucket boundaries must be strictly increasing",
 );
 
+/** A route pattern (lib/route.ts): checked by compiling it. */
+const routePattern = z.string().superRefine((pattern, ctx) => {
+  try {
+    new RoutePattern(pattern);
+  } catch (e) {
+    ctx.addIssue({
+      code: "custom",
+      message: `${(e as Error).message}, got ${JSON.stringify(pattern)}`,
+    });
+  }
+});
+
 const configSchema = z.strictObject({
   log_level: z.enum(LOG_LEVELS),
   metrics: z.strictObject({
@@ -52,6 +65,11 @@ const configSchema = z.strictObject({
   discovery: z.strictObject({
     poll_interval: duration,
     service_namespace: z.string(),
+  }),
+  routes: z.strictObject({
+    patterns: z.array(routePattern),
+    ignored: z.array(routePattern),
+    max_per_service: z.number().int().min(1),
   }),
   plugins: z.record(z.string(), z.record(z.string(), z.unknown()).nullable()),
 });

@@ -391,3 +391,19 @@ Deno.test("metrics.optional_labels takes the labels redprobe can add, and names 
     "server_address",
   );
 });
+
+Deno.test("routes: patterns and ignored paths are checked, with the key of the bad one", () => {
+  const config = load(
+    'routes:\n  patterns: ["/users/{id}", "/files/*"]\n  ignored: ["/healthz"]\n',
+  );
+  assert.deepEqual(config.routes.patterns, ["/users/{id}", "/files/*"]);
+  assert.deepEqual(config.routes.ignored, ["/healthz"]);
+  assert.equal(config.routes.max_per_service, 1000);
+  assertFileError(
+    'routes:\n  patterns: ["/ok", "users/{id}"]\n',
+    "routes.patterns.1",
+    "starts with",
+  );
+  assertFileError('routes:\n  ignored: ["/a/*/b"]\n', "routes.ignored.0", '"*"');
+  assertFileError("routes:\n  max_per_service: 0\n", "routes.max_per_service");
+});

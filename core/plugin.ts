@@ -102,7 +102,15 @@ export type RedObservation =
     method: string;
     /** 0 when there was no response. */
     status: number;
+    /** The route, when the plugin computes it; overridden by the core's mapping of `path`. */
     route: string;
+    /**
+     * The request path as sent (query included: the core drops it). With it, the core maps
+     * the route itself: `routes.patterns`, `routes.ignored`, the ID heuristic.
+     */
+    path?: string;
+    /** `path` is the start of a longer path the probe could not keep whole. */
+    pathTruncated?: boolean;
     /** Request body size. */
     requestSizeBytes?: number;
     /**
@@ -134,6 +142,9 @@ export type RedAggregate =
     method: string;
     status: number;
     route: string;
+    /** As in RedObservation. */
+    path?: string;
+    pathTruncated?: boolean;
     durationBuckets: ArrayLike<number>;
     durationSumSeconds: number;
     sizeBuckets: ArrayLike<number>;

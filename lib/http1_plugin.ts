@@ -103,6 +103,8 @@ export const http1Aggregates = {
       method: key.method,
       status: key.status,
       route: routes.route(decodeHttpPath(path), (key.flags & HttpEventFlag.pathTruncated) !== 0),
+      path: decodeHttpPath(path),
+      pathTruncated: (key.flags & HttpEventFlag.pathTruncated) !== 0,
       ...histogramDelta(delta, buckets),
       // A client may be gone by now (curl): its name, recorded by the kernel, labels it.
       exe: client ? processName(lookup, key.tgid) : undefined,
@@ -124,6 +126,8 @@ export function http1Observation(e: HttpRequestEvent): RedObservation | undefine
     method: e.method,
     status: e.status,
     route: routes.route(e.path, (e.flags & HttpEventFlag.pathTruncated) !== 0),
+    path: e.path,
+    pathTruncated: (e.flags & HttpEventFlag.pathTruncated) !== 0,
     requestSizeBytes: e.bodySize,
     ...(e.serverAddress ? { serverAddress: e.serverAddress, serverPort: e.serverPort } : {}),
   };

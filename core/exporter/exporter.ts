@@ -73,6 +73,8 @@ export class RedExporter {
   readonly #dropped: client.Counter<"plugin" | "reason">;
   readonly #attachFailures: client.Counter<"plugin" | "reason">;
   readonly #skipped: client.Counter<"plugin" | "reason">;
+  readonly #routesIgnored: client.Counter<"service_name">;
+  readonly #routeOverflow: client.Counter<"service_name">;
   readonly #peerLabels: OptionalHttpClientLabel[];
   #discovered = 0;
 
@@ -146,6 +148,19 @@ export class RedExporter {
       name: "redprobe_attach_failures_total",
       help: "Failed attempts to instrument a process, by plugin and reason (errno name)",
       labelNames: ["plugin", "reason"],
+      registers: [this.registry],
+    });
+    this.#routesIgnored = new client.Counter({
+      name: "redprobe_http_requests_ignored_total",
+      help: "HTTP requests not reported because their path matches routes.ignored, by service",
+      labelNames: ["service_name"],
+      registers: [this.registry],
+    });
+    this.#routeOverflow = new client.Counter({
+      name: "redprobe_http_route_overflow_total",
+      help: 'HTTP requests reported with http_route="{overflow}" because their service ' +
+        "reached routes.max_per_service distinct routes, by service",
+      labelNames: ["service_name"],
       registers: [this.registry],
     });
     this.#skipped = new client.Counter({
@@ -300,6 +315,16 @@ export class RedExporter {
   /** Counts a record the agent could not use. */
   dropped(plugin: string, reason: string): void {
     this.#dropped.inc({ plugin, reason });
+  }
+
+  /** `n` requests of `service` not reported (routes.ignored). */
+  routesIgnored(service: string, n: number): void {
+    this.#routesIgnored.inc({ service_name: service }, n);
+  }
+
+  /** `n` requests of `service` reported under the overflow route (routes.max_per_service). */
+  routeOverflow(service: string, n: number): void {
+    this.#routeOverflow.inc({ service_name: service }, n);
   }
 
   /** A process `plugin` left alone, for `reason` (a short snake_case word). */

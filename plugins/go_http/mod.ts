@@ -214,6 +214,8 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
         method: key.method,
         status: key.status,
         route: routes.route(decodeGoPath(path), (key.flags & GoHttpFlag.pathTruncated) !== 0),
+        path: decodeGoPath(path),
+        pathTruncated: (key.flags & GoHttpFlag.pathTruncated) !== 0,
         ...histogramDelta(delta, buckets),
         exe: key.exeIndex > 0 ? options.executables[key.exeIndex - 1] : undefined,
         ...(key.serverAddress
@@ -302,6 +304,8 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
       method: e.method,
       status: (e.flags & GoHttpFlag.noResponse) ? 0 : e.status,
       route: routes.route(e.path, (e.flags & GoHttpFlag.pathTruncated) !== 0),
+      path: e.path,
+      pathTruncated: (e.flags & GoHttpFlag.pathTruncated) !== 0,
       requestSizeBytes: Math.max(0, e.contentLength),
       exe: e.exeIndex > 0 ? options.executables[e.exeIndex - 1] : undefined,
       ...(e.serverAddress ? { serverAddress: e.serverAddress, serverPort: e.serverPort } : {}),

@@ -49,6 +49,8 @@ Deno.test("go-http turns a server event into an http_server observation with a r
     method: "GET",
     status: 200,
     route: "/users/{id}",
+    path: "/users/123",
+    pathTruncated: false,
     requestSizeBytes: 0,
     exe: undefined,
   });

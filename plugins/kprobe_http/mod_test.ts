@@ -50,6 +50,8 @@ Deno.test("kprobe-http toObservation() makes an http_server observation of a req
       method: "POST",
       status: 201,
       route: "/api/items",
+      path: "/api/items",
+      pathTruncated: false,
       requestSizeBytes: 512,
     },
   );
