@@ -175,3 +175,17 @@ Deno.test("main() --print-config leaves out a disabled plugin", async () => {
     assert.deepEqual(Object.keys(JSON.parse(r.out).plugins), ["tls-uprobe", "go-http", "go-grpc"]);
   });
 });
+
+Deno.test("main() takes any key from REDPROBE_<SECTION>_<KEY>; an unknown one exits 2", async () => {
+  const r = await run(["--print-config"], {
+    REDPROBE_ROUTES_MAX_PER_SERVICE: "7",
+    REDPROBE_PLUGINS_TLS_UPROBE_CLIENTS: "targets",
+  });
+  assert.equal(r.status, 0, r.err);
+  const config = JSON.parse(r.out);
+  assert.equal(config.routes.max_per_service, 7);
+  assert.equal(config.plugins["tls-uprobe"].clients, "targets");
+  const bad = await run(["--print-config"], { REDPROBE_ROUTES_MAX_PER_SERVIC: "7" });
+  assert.equal(bad.status, 2);
+  assert.match(bad.err, /REDPROBE_ROUTES_MAX_PER_SERVIC/);
+});

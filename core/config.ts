@@ -122,12 +122,94 @@ function parseYaml(text: string, source: string): unknown {
   return value;
 }
 
-function issuesText(error: z.ZodError, prefix = ""): string {
+function issuesText(
+  error: z.ZodError,
+  prefix = "",
+  fromEnv: ReadonlyMap<string, string> = new Map(),
+): string {
   return error.issues
-    .map((i) =>
-      `${[prefix, ...i.path.map(String)].filter(Boolean).join(".") || "(top level)"}: ${i.message}`
-    )
+    .map((i) => {
+      const key = [prefix, ...i.path.map(String)].filter(Boolean).join(".");
+      const env = [...fromEnv].find(([path]) => key === path || key.startsWith(`${path}.`))?.[1];
+      return `${key || "(top level)"}: ${i.message}${env ? ` (set by ${env})` : ""}`;
+    })
     .join("; ");
+}
+
+/** Variables with their own handling (and error messages), or that are not a key. */
+const SPECIAL_ENV = new Set([
+  "REDPROBE_CONFIG",
+  "REDPROBE_METRICS_ADDRESS",
+  "REDPROBE_METRICS_PORT",
+  "REDPROBE_LOG_LEVEL",
+]);
+
+/** A key as its environment variable spells it: `max-per_service` -> `MAX_PER_SERVICE`. */
+function envToken(key: string): string {
+  return key.toUpperCase().replace(/[^A-Z0-9]/g, "_");
+}
+
+/**
+ * The key path `REDPROBE_<SECTION>_<KEY>` names in `tree` (the merged configuration): each
+ * level's key is matched by its upper-cased spelling (`-` and `.` as `_`), longest first, so
+ * `REDPROBE_PLUGINS_KPROBE_HTTP_REQUEST_TIMEOUT` is `plugins.kprobe-http.request_timeout`.
+ */
+export function envKeyPath(name: string, tree: unknown): string[] | undefined {
+  const walk = (node: unknown, rest: string): string[] | undefined => {
+    if (!isObject(node)) return undefined;
+    const keys = Object.keys(node).sort((a, b) => b.length - a.length);
+    for (const key of keys) {
+      const token = envToken(key);
+      if (rest === token) return [key];
+      if (rest.startsWith(`${token}_`)) {
+        const below = walk(node[key], rest.slice(token.length + 1));
+        if (below) return [key, ...below];
+      }
+    }
+    return undefined;
+  };
+  return walk(tree, name.slice("REDPROBE_".length));
+}
+
+/**
+ * Every `REDPROBE_<SECTION>_<KEY>` variable of `env` as a layer over `tree`, and which variable
+ * set each key path. Values are YAML scalars or flow lists (`9500`, `true`, `[/a, /b]`), except
+ * where the key holds a string. An unknown variable is a ConfigError: a typo never goes unseen.
+ */
+function envOverrides(
+  tree: unknown,
+  env: Record<string, string | undefined>,
+): { layer: Json; sources: Map<string, string> } {
+  const layer: Json = {};
+  const sources = new Map<string, string>();
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith("REDPROBE_") || SPECIAL_ENV.has(name) || value === undefined) continue;
+    const path = envKeyPath(name, tree);
+    if (!path) {
+      throw new ConfigError(
+        `Unknown environment variable ${name}: it names no configuration key ` +
+          `(REDPROBE_<SECTION>_<KEY>, e.g. REDPROBE_ROUTES_MAX_PER_SERVICE for routes.max_per_service)`,
+      );
+    }
+    let current: unknown = tree;
+    for (const key of path) current = isObject(current) ? current[key] : undefined;
+    let parsed: unknown = value;
+    if (typeof current !== "string") {
+      try {
+        parsed = YAML.parse(value);
+      } catch (e) {
+        throw new ConfigError(`Invalid ${name}: ${(e as Error).message.split("\n")[0]}`);
+      }
+    }
+    let node = layer;
+    for (const key of path.slice(0, -1)) {
+      if (!isObject(node[key])) node[key] = {};
+      node = node[key] as Json;
+    }
+    node[path[path.length - 1]] = parsed;
+    sources.set(path.join("."), name);
+  }
+  return { layer, sources };
 }
 
 /** A port number from an environment variable or flag, named in the error. */
@@ -176,6 +258,8 @@ export function loadConfig(options: {
     }
     merged = mergeConfig(merged, parseYaml(text, options.file));
   }
+  const fromEnv = envOverrides(merged, env);
+  merged = mergeConfig(merged, fromEnv.layer);
   // Values from flags and the environment are checked here, so an error names where they came
   // from rather than the file.
   const layer: Json = { metrics: {} };
@@ -223,7 +307,9 @@ export function loadConfig(options: {
 
   const parsed = configSchema.safeParse(merged);
   if (!parsed.success) {
-    throw new ConfigError(`Invalid configuration in ${source}: ${issuesText(parsed.error)}`);
+    throw new ConfigError(
+      `Invalid configuration in ${source}: ${issuesText(parsed.error, "", fromEnv.sources)}`,
+    );
   }
 
   const byId = new Map(options.plugins.map((p) => [p.id, p]));
@@ -249,7 +335,9 @@ export function loadConfig(options: {
       const result = plugin.optionsSchema.safeParse(rest);
       if (!result.success) {
         throw new ConfigError(
-          `Invalid configuration in ${source}: ${issuesText(result.error, `plugins.${id}`)}`,
+          `Invalid configuration in ${source}: ${
+            issuesText(result.error, `plugins.${id}`, fromEnv.sources)
+          }`,
         );
       }
       pluginOptions = result.data;

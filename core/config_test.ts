@@ -407,3 +407,45 @@ Deno.test("routes: patterns and ignored paths are checked, with the key of the b
   assertFileError('routes:\n  ignored: ["/a/*/b"]\n', "routes.ignored.0", '"*"');
   assertFileError("routes:\n  max_per_service: 0\n", "routes.max_per_service");
 });
+
+Deno.test("every key can be set by REDPROBE_<SECTION>_<KEY>, typed as the key", () => {
+  const config = load("metrics:\n  naming: beyla\n", {
+    env: {
+      REDPROBE_METRICS_NAMING: "otel",
+      REDPROBE_METRICS_OPTIONAL_LABELS: "[server_address, server_port]",
+      REDPROBE_ROUTES_MAX_PER_SERVICE: "50",
+      REDPROBE_ROUTES_IGNORED: "[/healthz]",
+      REDPROBE_DISCOVERY_SERVICE_NAMESPACE: "123", // a string key keeps the string
+      REDPROBE_PLUGINS_KPROBE_HTTP_REQUEST_TIMEOUT: "5s",
+      REDPROBE_PLUGINS_GO_HTTP_ENABLED: "false",
+    },
+  });
+  assert.equal(config.metrics.naming, "otel", "env over file");
+  assert.deepEqual(config.metrics.optional_labels, ["server_address", "server_port"]);
+  assert.equal(config.routes.max_per_service, 50);
+  assert.deepEqual(config.routes.ignored, ["/healthz"]);
+  assert.equal(config.discovery.service_namespace, "123");
+  assert.equal(
+    (config.plugins.get("kprobe-http")?.options as { request_timeout: number }).request_timeout,
+    5000,
+  );
+  assert.ok(!config.plugins.has("go-http"));
+});
+
+Deno.test("a bad or unknown REDPROBE_ variable is a ConfigError naming it", () => {
+  assertConfigError(
+    () => load(undefined, { env: { REDPROBE_ROUTES_MAX_PER_SERVICE: "none" } }),
+    "routes.max_per_service",
+    "REDPROBE_ROUTES_MAX_PER_SERVICE",
+  );
+  assertConfigError(
+    () => load(undefined, { env: { REDPROBE_PLUGINS_KPROBE_HTTP_CLIENTS: "some" } }),
+    "plugins.kprobe-http.clients",
+    "REDPROBE_PLUGINS_KPROBE_HTTP_CLIENTS",
+  );
+  assertConfigError(
+    () => load(undefined, { env: { REDPROBE_METRICS_PROT: "1" } }),
+    "REDPROBE_METRICS_PROT",
+    "names no configuration key",
+  );
+});
