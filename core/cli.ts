@@ -1,5 +1,6 @@
 /**
- * The command line: `redprobe [flags]` runs the agent until SIGINT/SIGTERM.
+ * The command line: `redprobe [run] [flags]` runs the agent until SIGINT/SIGTERM; `redprobe
+ * doctor` says what works on this machine; `redprobe version`; `redprobe config print`.
  *
  * Exit status: 0 after a clean stop, 2 for a configuration or usage problem (nothing was
  * attached), 1 when the agent could not start or failed.
@@ -11,6 +12,7 @@ import { Agent, AgentStartError } from "./agent.ts";
 import { ConfigError, loadConfig } from "./config.ts";
 import { createLogger, LOG_LEVELS, type LogLevel } from "./log.ts";
 import type { AnyPlugin } from "./plugin.ts";
+import { formatDoctor, runDoctor } from "./doctor.ts";
 
 export const VERSION = "0.1.0";
 
@@ -18,7 +20,10 @@ export const USAGE =
   `redprobe ${VERSION}: RED metrics (rate, errors, duration) for the HTTP services on this
 host, from eBPF probes, with no change to the services.
 
-Usage: redprobe [flags]
+Usage: redprobe [run] [flags]       run the agent (until SIGINT or SIGTERM)
+       redprobe doctor [flags]      what works on this machine and why not (attaches nothing)
+       redprobe config print [flags]  the effective configuration, as JSON
+       redprobe version
 
 With no configuration it instruments every process listening on a TCP port (except itself)
 and serves Prometheus metrics on http://0.0.0.0:9400/metrics. Needs root (or CAP_BPF,
@@ -36,7 +41,8 @@ Flags:
   -h, --help                 show this help and exit
   -V, --version              print the version and exit
 
-Exit status: 0 stopped cleanly, 1 could not start or failed, 2 bad configuration or flags.
+Exit status: 0 stopped cleanly, 1 could not start or failed (doctor: something needed is
+missing), 2 bad configuration, flags or command.
 `;
 
 export interface CliIo {
@@ -62,7 +68,7 @@ export async function main(
     parsed = parseArgs({
       args,
       strict: true,
-      allowPositionals: false,
+      allowPositionals: true,
       options: {
         config: { type: "string", short: "c" },
         "metrics-address": { type: "string" },
@@ -78,11 +84,16 @@ export async function main(
     return 2;
   }
   const flags = parsed.values;
+  const command = parsed.positionals.join(" ") || "run";
+  if (!["run", "doctor", "version", "config print"].includes(command)) {
+    io.err(`redprobe: unknown command "${command}"\nRun "redprobe --help" for the commands.`);
+    return 2;
+  }
   if (flags.help) {
     io.out(USAGE);
     return 0;
   }
-  if (flags.version) {
+  if (flags.version || command === "version") {
     io.out(`redprobe ${VERSION}`);
     return 0;
   }
@@ -106,7 +117,12 @@ export async function main(
     }
     throw e;
   }
-  if (flags["print-config"]) {
+  if (command === "doctor") {
+    const { text, ok } = formatDoctor(runDoctor(config));
+    io.out(text);
+    return ok ? 0 : 1;
+  }
+  if (flags["print-config"] || command === "config print") {
     const plugins = Object.fromEntries([...config.plugins].map(([id, p]) => [id, p.options]));
     io.out(JSON.stringify({ ...config, plugins }, null, 2));
     return 0;

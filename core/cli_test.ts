@@ -36,7 +36,7 @@ Deno.test("main() --help and -h print the usage and exit 0", async () => {
     const r = await run([flag]);
     assert.equal(r.status, 0, flag);
     assert.equal(r.out, USAGE);
-    assert.match(r.out, /Usage: redprobe \[flags\]/);
+    assert.match(r.out, /Usage: redprobe \[run\] \[flags\]/);
     assert.match(r.out, /--print-config/);
     assert.equal(r.err, "");
   }
@@ -188,4 +188,14 @@ Deno.test("main() takes any key from REDPROBE_<SECTION>_<KEY>; an unknown one ex
   const bad = await run(["--print-config"], { REDPROBE_ROUTES_MAX_PER_SERVIC: "7" });
   assert.equal(bad.status, 2);
   assert.match(bad.err, /REDPROBE_ROUTES_MAX_PER_SERVIC/);
+});
+
+Deno.test("main(): version and config print as commands; an unknown command exits 2", async () => {
+  assert.match((await run(["version"])).out, /^redprobe \d+\.\d+\.\d+$/);
+  const printed = await run(["config", "print", "--metrics-port", "1234"]);
+  assert.equal(printed.status, 0, printed.err);
+  assert.equal(JSON.parse(printed.out).metrics.port, 1234);
+  const bad = await run(["frobnicate"]);
+  assert.equal(bad.status, 2);
+  assert.match(bad.err, /unknown command "frobnicate"/);
 });

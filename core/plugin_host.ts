@@ -79,6 +79,38 @@ export function readPidMax(): number {
   }
 }
 
+/**
+ * Opens `plugin`'s BPF object, configures it for `ctx` (constants, map sizes, uprobe_multi
+ * programs) and loads it (the verifier's work); `loaded` hears how long that took. The caller
+ * owns the object. Throws, with nothing left open, when it cannot load on this kernel.
+ */
+export function loadPluginObject(
+  plugin: AnyPlugin,
+  ctx: { options: unknown; buckets: MetricBuckets; optionalLabels: readonly string[] },
+  loaded?: (ms: number) => void,
+): BpfObject {
+  const object = BpfObject.open(plugin.bpfObject, plugin.id.replaceAll("-", "_"));
+  try {
+    object.setConstants(plugin.constants?.(ctx) ?? {});
+    const bitmapWords = Math.ceil((readPidMax() + 1) / 64);
+    object.setMaxEntries("targets", bitmapWords);
+    if (object.hasMap("excluded")) object.setMaxEntries("excluded", bitmapWords);
+    for (const name of plugin.uprobeMultiPrograms ?? []) {
+      object.program(name).prepareForUprobeMulti();
+    }
+    for (const [map, entries] of Object.entries(plugin.maxEntries?.(ctx) ?? {})) {
+      object.setMaxEntries(map, entries);
+    }
+    const started = performance.now();
+    object.load();
+    loaded?.(Math.round(performance.now() - started));
+    return object;
+  } catch (e) {
+    object.close();
+    throw e;
+  }
+}
+
 export class PluginHost implements AsyncDisposable {
   readonly plugin: AnyPlugin;
   readonly #object: BpfObject;
@@ -121,22 +153,12 @@ export class PluginHost implements AsyncDisposable {
     const ctx = { options, buckets, optionalLabels };
     this.#ctx = ctx;
     // open -> set constants and sizes -> load (verifier) -> attach -> read
-    this.#object = BpfObject.open(plugin.bpfObject, plugin.id.replaceAll("-", "_"));
+    this.#object = loadPluginObject(
+      plugin,
+      ctx,
+      (ms) => log.debug(`${plugin.id}: BPF object loaded in ${ms} ms`),
+    );
     try {
-      const constants = plugin.constants?.(ctx) ?? {};
-      this.#object.setConstants(constants);
-      const bitmapWords = Math.ceil((readPidMax() + 1) / 64);
-      this.#object.setMaxEntries("targets", bitmapWords);
-      if (this.#object.hasMap("excluded")) this.#object.setMaxEntries("excluded", bitmapWords);
-      for (const name of plugin.uprobeMultiPrograms ?? []) {
-        this.#object.program(name).prepareForUprobeMulti();
-      }
-      for (const [map, entries] of Object.entries(plugin.maxEntries?.(ctx) ?? {})) {
-        this.#object.setMaxEntries(map, entries);
-      }
-      const started = performance.now();
-      this.#object.load();
-      log.debug(`${plugin.id}: BPF object loaded in ${Math.round(performance.now() - started)} ms`);
       this.#targets = this.#object.map("targets");
       this.#stats = this.#object.map("stats");
       const once = typeof plugin.attachOnce === "function"
