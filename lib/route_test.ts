@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { seededRandom } from "../tests/support/clients.ts";
 import {
   isIdSegment,
   OVERFLOW_ROUTE,
@@ -109,14 +110,7 @@ Deno.test("100,000 distinct random URLs stay within the cap of routes", () => {
   const m = new RouteMapper({ maxPerService: 100, memo: 1000 });
   const routes = new Set<string>();
   let overflow = 0;
-  // mulberry32: a seeded generator whose period is far beyond what is drawn here.
-  let seed = 42;
-  const random = () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
+  const random = seededRandom(42);
   const word = (n: number) =>
     Array.from({ length: n }, () => String.fromCharCode(97 + Math.floor(random() * 26))).join("");
   for (let i = 0; i < 100_000; i++) {

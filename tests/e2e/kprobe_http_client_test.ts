@@ -10,20 +10,13 @@ import { startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { countsByRequest, findSamples, type Sample } from "../support/prom_text.ts";
 import { sendRequests, startNginx, startPython } from "../support/mod.ts";
+import { assertWrkCounted, runClient, runWrk } from "../support/clients.ts";
 
 type Counts = Record<string, number>;
 
 /** http_client_duration_seconds_count per "METHOD STATUS ROUTE", for the processes `match` selects. */
 function clientCounts(samples: Sample[], match: Record<string, string>): Counts {
   return countsByRequest(samples, "http_client_duration_seconds_count", match);
-}
-
-async function run(cmd: string, args: string[]): Promise<{ pid: number; out: string }> {
-  const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
-  const out = await child.output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  assert.ok(out.success, `${cmd} failed: ${text}`);
-  return { pid: child.pid, out: text };
 }
 
 const instance = (pid: number) => ({ target_instance: `${Deno.hostname()}:${pid}` });
@@ -46,7 +39,7 @@ Deno.test({
         ...Array.from({ length: 3 }, () => url("/missing")),
         url("/users/42?x=1"),
       ];
-      const curl = await run("curl", ["-s", ...urls.flatMap((u) => ["-o", "/dev/null", u])]);
+      const curl = await runClient("curl", ["-s", ...urls.flatMap((u) => ["-o", "/dev/null", u])]);
       const samples = await agent.samples();
       assert.deepEqual(clientCounts(samples, instance(curl.pid)), {
         "GET 200 /hello": 5,
@@ -71,7 +64,7 @@ Deno.test({
           "    c.getresponse().read()",
           "c.close()",
         ].join("\n");
-        const py = await run("python3", ["-c", script]);
+        const py = await runClient("python3", ["-c", script]);
         const samples = await agent.samples();
         assert.deepEqual(clientCounts(samples, instance(py.pid)), {
           "GET 200 /hello": 4,
@@ -88,20 +81,12 @@ Deno.test({
     await t.step(
       "wrk: every request it completed, and those in flight at its end",
       async () => {
-        const wrk = await run("wrk", ["-t1", "-c2", "-d1s", url("/hello")]);
-        const completed = Number(/(\d+) requests in/.exec(wrk.out)?.[1]);
-        assert.ok(completed > 0, wrk.out);
-        const counts = clientCounts(await agent.samples(), instance(wrk.pid));
-        // wrk's own count is not exact at its deadline: with 2 connections, up to 2 requests
-        // are in flight when it stops. Each was either answered and read (the agent counts a
-        // 200 wrk leaves out) or not (status 0). Everything wrk counted, the agent counted.
-        const ok = counts["GET 200 /hello"] ?? 0;
-        const unanswered = counts["GET 0 /hello"] ?? 0;
-        assert.ok(ok >= completed, `${ok} < ${completed}: ${JSON.stringify(counts)}`);
-        assert.ok(ok + unanswered <= completed + 2, `${JSON.stringify(counts)} vs ${completed}`);
-        assert.deepEqual(
-          Object.keys(counts).filter((k) => k !== "GET 200 /hello" && k !== "GET 0 /hello"),
-          [],
+        const wrk = await runWrk(url("/hello"));
+        assertWrkCounted(
+          clientCounts(await agent.samples(), instance(wrk.pid)),
+          wrk.completed,
+          "GET 200 /hello",
+          "GET 0 /hello",
         );
       },
     );
@@ -204,7 +189,7 @@ Deno.test({
     });
     await using a = await startPython();
     await using b = await startPython();
-    const curl = await run("curl", [
+    const curl = await runClient("curl", [
       "-s",
       ...[a, a, a, b].flatMap((s) => ["-o", "/dev/null", `${s.baseUrl}/hello`]),
     ]);

@@ -9,6 +9,7 @@ import { startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { findSamples } from "../support/prom_text.ts";
 import { HttpConnection, startNginx } from "../support/mod.ts";
+import { seededRandom } from "../support/clients.ts";
 
 const CAP = 50;
 const RANDOM_URLS = Number(Deno.env.get("ROUTES_N") ?? 100_000);
@@ -32,14 +33,7 @@ Deno.test({
     await using nginx = await startNginx({ workers: 1, keepalive: true, sendfile: true });
     for (const pid of await nginx.pids()) await agent.waitForPid(pid);
 
-    // mulberry32: a seeded generator whose period is far beyond what is drawn here.
-    let seed = 7;
-    const random = () => {
-      seed = (seed + 0x6d2b79f5) | 0;
-      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-      return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-    };
+    const random = seededRandom(7);
     const word = (n: number) =>
       Array.from({ length: n }, () => String.fromCharCode(97 + Math.floor(random() * 26))).join("");
     const paths: string[] = [

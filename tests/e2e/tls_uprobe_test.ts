@@ -21,6 +21,7 @@ import {
   testCertificate,
 } from "../support/mod.ts";
 import { pollUntil } from "../support/wait.ts";
+import { assertWrkCounted, runClient, runWrk } from "../support/clients.ts";
 
 type Counts = Record<string, number>;
 
@@ -37,14 +38,6 @@ function clientCounts(samples: Sample[], pid: number): Counts {
 /** The agent's kernel counter `event` of `plugin`. */
 function kernelEvent(samples: Sample[], plugin: string, event: string): number {
   return findSamples(samples, "redprobe_kernel_events_total", { plugin, event })[0]?.value ?? 0;
-}
-
-async function run(cmd: string, args: string[]): Promise<{ pid: number; out: string }> {
-  const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
-  const out = await child.output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  assert.ok(out.success, `${cmd} failed: ${text}`);
-  return { pid: child.pid, out: text };
 }
 
 /** Sends a known mix over HTTPS (Deno's TLS client) and returns what the server must report. */
@@ -147,7 +140,7 @@ Deno.test({
         ...Array(2).fill(url("/missing")),
         url("/users/9"),
       ];
-      const curl = await run("curl", [
+      const curl = await runClient("curl", [
         "-s",
         "--cacert",
         ca,
@@ -175,7 +168,7 @@ Deno.test({
           "    c.getresponse().read()",
           "c.close()",
         ].join("\n");
-        const py = await run("python3", ["-c", script]);
+        const py = await runClient("python3", ["-c", script]);
         const samples = await agent.samples();
         assert.deepEqual(clientCounts(samples, py.pid), {
           "GET 200 /hello": 4,
@@ -192,16 +185,13 @@ Deno.test({
     await t.step(
       "wrk over https: every request it completed, and those in flight at its end",
       async () => {
-        const wrk = await run("wrk", ["-t1", "-c2", "-d1s", url("/hello")]);
-        const completed = Number(/(\d+) requests in/.exec(wrk.out)?.[1]);
-        assert.ok(completed > 0, wrk.out);
-        const counts = clientCounts(await agent.samples(), wrk.pid);
-        // As for plain wrk (kprobe_http_client_test.ts): up to 2 requests are in flight at its
-        // deadline, answered (counted 200, not by wrk) or not (status 0).
-        const ok = counts["GET 200 /hello"] ?? 0;
-        const unanswered = counts["GET 0 /hello"] ?? 0;
-        assert.ok(ok >= completed, `${ok} < ${completed}: ${JSON.stringify(counts)}`);
-        assert.ok(ok + unanswered <= completed + 2, `${JSON.stringify(counts)} vs ${completed}`);
+        const wrk = await runWrk(url("/hello"));
+        assertWrkCounted(
+          clientCounts(await agent.samples(), wrk.pid),
+          wrk.completed,
+          "GET 200 /hello",
+          "GET 0 /hello",
+        );
       },
     );
 
@@ -344,7 +334,7 @@ Deno.test({
     const tls = testCertificate();
     await using a = await startNginx({ workers: 1, keepalive: true, sendfile: true, tls });
     await using b = await startPython({ tls: true });
-    const curl = await run("curl", [
+    const curl = await runClient("curl", [
       "-s",
       "--cacert",
       tls.ca,
