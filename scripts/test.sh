@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 # clang, llvm (llvm-strip), libbpf-dev and bpftool build and inspect the BPF objects;
 # libbpf1 is the agent's runtime; nginx, python3, node and golang-go run servers under test;
-# golang-google-grpc-dev (grpc-go 1.33) builds the gRPC fixtures (GOPATH mode, no module proxy);
+# golang-google-grpc-dev (grpc-go 1.33) is vendored into the gRPC fixtures (no module proxy);
 # curl, wrk and hey drive traffic; prometheus ships promtool; strace checks syscalls.
 ensure_packages libbpf1 clang llvm libbpf-dev bpftool nginx python3 curl wrk hey golang-go \
   golang-google-grpc-dev prometheus strace
