@@ -172,6 +172,11 @@ struct http_conn {
 	__u32 responses;   /* final responses seen: the k-th answers request k */
 	__u32 body_seq;    /* request whose (chunked) body the request parser is counting */
 	__u32 timer_armed; /* 0/1, changed with atomics (see arm_timer / on_conn_timer) */
+	/*
+	 * Requests begun (their first byte parsed); atomic. Ahead of tail while a request's head
+	 * is still being read: see response_done().
+	 */
+	__u32 begun;
 	__u8 closed;
 	__u8 client;       /* 1: this process made the requests (writes them, reads responses) */
 	__u8 _pad[2];
@@ -579,9 +584,28 @@ static __always_inline void begin_request(struct parse_ctx *x)
 	r->method = 0;
 	r->flags = 0;
 	r->path_len = 0;
+	/* Atomic (a full barrier): see response_done(). */
+	__sync_fetch_and_add(&c->begun, 1);
 	/* The previous response is over once the client sends a new request. */
 	if (c->resp.state == ST_AWAIT_REQUEST)
 		c->resp.state = ST_IDLE;
+}
+
+/*
+ * The response direction's state once a response is over: ST_AWAIT_REQUEST (ignore writes
+ * until a request comes) when no request is waiting, else ST_IDLE. A request counts as
+ * waiting from its first byte, not only once its head is published: in a multithreaded server
+ * (Go) the client can have this response, send its next request, and that request's first
+ * read can be parsed on another CPU, all before this write's probe runs. Without this, the
+ * next response would be ignored and every later one paired with the wrong request. The
+ * atomic read pairs with the atomic increment in begin_request() (each side writes, then
+ * reads the other's), so one of the two always sees the other.
+ */
+static __always_inline void response_done(struct http_conn *c, struct h1_parser *p)
+{
+	p->state = ST_AWAIT_REQUEST;
+	if (c->head != c->tail || __sync_fetch_and_add(&c->begun, 0) != c->tail)
+		p->state = ST_IDLE;
 }
 
 /* The key the agent resolves through the paths map (see red_path_hash()). */
@@ -691,7 +715,7 @@ static __always_inline void end_of_head(struct parse_ctx *x, struct h1_parser *p
 			return;
 		}
 		if (p->token == HTTP_METHOD_HEAD || status == 204 || status == 304) {
-			p->state = c->head == c->tail ? ST_AWAIT_REQUEST : ST_IDLE;
+			response_done(c, p);
 			return;
 		}
 	}
@@ -709,8 +733,10 @@ static __always_inline void end_of_head(struct parse_ctx *x, struct h1_parser *p
 /* A message (head and body) ended. */
 static __always_inline void end_of_message(struct parse_ctx *x, struct h1_parser *p)
 {
-	struct http_conn *c = x->c;
-	p->state = (x->send && c->head == c->tail) ? ST_AWAIT_REQUEST : ST_IDLE;
+	if (x->send)
+		response_done(x->c, p);
+	else
+		p->state = ST_IDLE;
 }
 
 /* The parser cannot follow this stream any more. */
@@ -1609,7 +1635,7 @@ static __always_inline bool fast_response(struct http_conn *c, struct io_desc *i
 	__u16 status = (d0 - '0') * 100 + (d1 - '0') * 10 + (d2 - '0');
 	c->responses = seq + 1;
 	complete_request(c, seq, status, bpf_ktime_get_ns(), 0);
-	c->resp.state = ST_AWAIT_REQUEST;
+	response_done(c, &c->resp);
 	return true;
 }
 

@@ -182,7 +182,7 @@ export class Agent implements AsyncDisposable {
         const reason = e instanceof BpfError ? e.code : "error";
         this.exporter.attachFailed(plugin.id, reason);
         const hint = e instanceof BpfError && (e.errno === 1 || e.errno === 13)
-          ? " (the agent needs root, or CAP_BPF and CAP_PERFMON)"
+          ? " (the agent needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: see `redprobe doctor`)"
           : "";
         failures.push(`${plugin.id}: ${(e as Error).message}${hint}`);
         log.error(`plugin ${plugin.id} cannot start: ${(e as Error).message}${hint}`);

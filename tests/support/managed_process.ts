@@ -22,11 +22,12 @@ export class ManagedProcess {
   constructor(
     command: string,
     args: string[],
-    opts: { cwd?: string; keepStdinOpen?: boolean } = {},
+    opts: { cwd?: string; keepStdinOpen?: boolean; env?: Record<string, string> } = {},
   ) {
     this.#child = new Deno.Command(command, {
       args,
       cwd: opts.cwd,
+      env: opts.env,
       stdin: opts.keepStdinOpen ? "piped" : "null",
       stdout: "null",
       stderr: "piped",

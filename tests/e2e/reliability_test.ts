@@ -1,0 +1,159 @@
+/**
+ * Reliability as a production host needs it (issue 7): a target that restarts is instrumented
+ * again within 2 s and its counts continue exactly; an agent killed with SIGKILL leaves no BPF
+ * program behind and the targets keep serving; without the privileges it needs, `doctor` and
+ * `run` say what is missing and nothing is left half-attached.
+ */
+import assert from "node:assert/strict";
+import { dirname, fromFileUrl, join } from "../support/paths.ts";
+import { startAgent } from "../support/agent.ts";
+import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
+import { sumSamples } from "../support/prom_text.ts";
+import { freePort, sendRequests, startPython } from "../support/mod.ts";
+import { ManagedProcess } from "../support/managed_process.ts";
+import { pollUntil, portAccepts } from "../support/wait.ts";
+
+const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
+const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false };
+
+/** id -> name of the BPF programs loaded in the kernel now. */
+async function loadedPrograms(): Promise<Set<number>> {
+  const out = await new Deno.Command("bpftool", {
+    args: ["prog", "list", "--json"],
+    stdout: "piped",
+  })
+    .output();
+  return new Set(
+    (JSON.parse(new TextDecoder().decode(out.stdout)) as { id: number }[]).map((p) => p.id),
+  );
+}
+
+/** Ids of the BPF programs a process holds (its fds' fdinfo). */
+function programIdsHeldBy(pid: number): Set<number> {
+  const ids = new Set<number>();
+  for (const fd of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
+    try {
+      const m = /^prog_id:\s*(\d+)$/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd.name}`));
+      if (m) ids.add(Number(m[1]));
+    } catch { /* closed meanwhile */ }
+  }
+  return ids;
+}
+
+/** The Python test server on `port`, with its own service name. */
+async function python(port: number, service: string): Promise<ManagedProcess> {
+  const log = await Deno.makeTempFile();
+  const proc = new ManagedProcess(
+    "python3",
+    [join(ROOT, "tests", "support", "python_server.py"), String(port), log],
+    { env: { OTEL_SERVICE_NAME: service } },
+  );
+  assert.ok(await pollUntil(() => portAccepts(port), { timeoutMs: 10_000 }), "python started");
+  return proc;
+}
+
+Deno.test({
+  ...base,
+  name: "a target that restarts is instrumented again within 2 s and its counts continue",
+  async fn() {
+    assertBpfAvailable();
+    await using agent = await startAgent({ config: { discovery: { poll_interval: "250ms" } } });
+    const port = freePort();
+    const service = `restart-${Deno.pid}`;
+    const send = (count: number) =>
+      sendRequests({ port, spec: { method: "GET", path: "/hello" }, count, keepAlive: true });
+    const counted = async () =>
+      sumSamples(await agent.samples(), "http_server_duration_seconds_count", {
+        service_name: service,
+      });
+    const first = await python(port, service);
+    await agent.waitForPid(first.pid);
+    await send(5);
+    assert.equal(await counted(), 5);
+    await first.stop();
+    await agent.waitForRelease(first.pid);
+
+    const started = performance.now();
+    const second = await python(port, service);
+    try {
+      await agent.waitForPid(second.pid, 2_000);
+      const ms = performance.now() - started;
+      assert.ok(ms < 2_000, `instrumented again after ${Math.round(ms)} ms`);
+      await send(7);
+      assert.equal(await counted(), 12, "5 before the restart, 7 after, none lost or doubled");
+    } finally {
+      await second.stop();
+    }
+  },
+});
+
+Deno.test({
+  ...base,
+  name: "SIGKILL: no BPF program of the agent is left, and the target kept serving",
+  async fn() {
+    assertBpfAvailable();
+    const agent = await startAgent();
+    await using server = await startPython({ tls: true });
+    let held: Set<number>;
+    try {
+      await agent.waitForPid(server.pid);
+      held = programIdsHeldBy(agent.pid);
+      assert.ok(held.size >= 10, `${held.size} programs held`);
+    } finally {
+      Deno.kill(agent.pid, "SIGKILL");
+    }
+    const { code } = await agent.stop();
+    assert.notEqual(code, 0);
+    // The kernel frees the programs and links (uprobes on libssl, tracepoints) with the fds,
+    // after an RCU grace period.
+    let left: number[] = [];
+    await pollUntil(async () => {
+      const loaded = await loadedPrograms();
+      left = [...held].filter((id) => loaded.has(id));
+      return left.length === 0;
+    }, { timeoutMs: 5_000, intervalMs: 100 });
+    assert.deepEqual(left, [], "programs still loaded 5 s after SIGKILL");
+    const caCert = Deno.readTextFileSync((await import("../support/tls.ts")).testCertificate().ca);
+    const result = await sendRequests({
+      port: server.port,
+      spec: { method: "GET", path: "/hello" },
+      count: 3,
+      keepAlive: true,
+      caCert,
+    });
+    assert.equal(result.statuses.get(200), 3, "the server still serves");
+  },
+});
+
+Deno.test({
+  ...base,
+  name: "without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: doctor and run say so, nothing is left",
+  async fn() {
+    assertBpfAvailable();
+    const before = await loadedPrograms();
+    // Root, but with the capabilities out of the bounding set: the exec'd agent lacks them.
+    const drop = ["--bounding-set=-bpf,-perfmon,-sys_admin", "--inh-caps=-all"];
+    const agent = (...args: string[]) =>
+      new Deno.Command("setpriv", {
+        args: [...drop, Deno.execPath(), "run", "-A", "--quiet", join(ROOT, "main.ts"), ...args],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const doctor = await agent("doctor");
+    const text = new TextDecoder().decode(doctor.stdout);
+    assert.equal(doctor.code, 1, text);
+    assert.match(
+      text,
+      /missing +privileges +run as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN/,
+    );
+    assert.match(text, /failed +plugin kprobe-http +.*EPERM/);
+
+    const run = await agent("--metrics-address", "127.0.0.1", "--metrics-port", String(freePort()));
+    const logs = new TextDecoder().decode(run.stderr);
+    assert.equal(run.code, 1, logs);
+    assert.match(logs, /No plugin could start/);
+    assert.match(logs, /needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN/);
+    const after = await loadedPrograms();
+    assert.deepEqual([...after].filter((id) => !before.has(id)), [], "nothing left loaded");
+  },
+});
