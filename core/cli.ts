@@ -128,7 +128,7 @@ export async function main(
     return 0;
   }
 
-  const log = createLogger(config.log_level as LogLevel, io.err);
+  const log = createLogger(config.log_level as LogLevel, io.err, config.log_format);
   // Listen for signals before starting: a SIGTERM during start-up must still stop cleanly.
   const stopped = Promise.withResolvers<number>();
   const onSignal = (signal: Deno.Signal) => () => {

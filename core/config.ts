@@ -9,7 +9,7 @@ import { z } from "zod";
 import YAML from "yaml";
 import defaultYaml from "../config/default.yaml" with { type: "text" };
 import { parseDurationMs } from "../lib/duration.ts";
-import { LOG_LEVELS } from "./log.ts";
+import { LOG_FORMATS, LOG_LEVELS } from "./log.ts";
 import type { AnyPlugin } from "./plugin.ts";
 import { OPTIONAL_HTTP_CLIENT_LABELS } from "./exporter/red_metrics.ts";
 import { RoutePattern } from "../lib/route.ts";
@@ -53,6 +53,7 @@ const routePattern = z.string().superRefine((pattern, ctx) => {
 
 const configSchema = z.strictObject({
   log_level: z.enum(LOG_LEVELS),
+  log_format: z.enum(LOG_FORMATS),
   metrics: z.strictObject({
     address: z.string().min(1),
     port: z.number().int().min(0).max(65535),
