@@ -176,6 +176,7 @@ export class Agent implements AsyncDisposable {
           instrumented: () => host.stats.instrumented,
           kernel: () => host.stats.kernelCounters(),
           ringFill: () => host.stats.ringFill(),
+          programs: () => host.stats.programs(),
         });
         log.info(`plugin ${plugin.id} loaded`);
       } catch (e) {

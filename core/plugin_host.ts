@@ -48,6 +48,8 @@ export interface PluginHostStats {
   /** The `stats` map: index 0 (ring-buffer losses) then the plugin's kernel counters. */
   kernelCounters(): { lost: bigint; counters: Map<string, bigint> };
   ringFill(): number;
+  /** Per program: run count and run time (kernel.bpf_stats_enabled). */
+  programs(): Map<string, { runCount: bigint; runTimeNs: bigint }>;
 }
 
 /**
@@ -197,6 +199,15 @@ export class PluginHost implements AsyncDisposable {
       return { lost: this.#stats.sumPerCpuU64(0), counters };
     },
     ringFill: () => this.#closed ? 0 : this.#reader.pendingBytes / this.#reader.size,
+    programs: () => {
+      const out = new Map<string, { runCount: bigint; runTimeNs: bigint }>();
+      if (this.#closed) return out;
+      for (const program of this.#object.programs()) {
+        const st = program.runStats();
+        if (st) out.set(program.name, st);
+      }
+      return out;
+    },
   };
 
   /** Whether this plugin wants `target`. */

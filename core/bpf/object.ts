@@ -11,6 +11,10 @@ import { BpfMap } from "./map.ts";
 const BTF_KIND_DATASEC = 15;
 const BTF_TYPE_SIZE = 12; // struct btf_type
 const BTF_VAR_SECINFO_SIZE = 12; // struct btf_var_secinfo
+/** struct bpf_prog_info: up to and including run_cnt, and where run_time_ns and run_cnt are. */
+const PROG_INFO_SIZE = 208;
+const PROG_INFO_RUN_TIME_NS = 192;
+const PROG_INFO_RUN_CNT = 200;
 /** sizeof(struct bpf_test_run_opts) up to `cpu` (libbpf 1.1); retval is at 56. */
 const TEST_RUN_OPTS_SIZE = 76;
 const OPEN_OPTS_SIZE = 80; // sizeof(struct bpf_object_open_opts) in libbpf 1.1
@@ -63,6 +67,26 @@ export class BpfProgram {
       libbpf().bpf_program__set_expected_attach_type(this.pointer, BPF_TRACE_UPROBE_MULTI),
       `prepare program "${this.name}" for uprobe_multi`,
     );
+  }
+
+  /**
+   * The kernel's run count and total run time of the program (`struct bpf_prog_info`
+   * run_cnt, run_time_ns): 0 unless `kernel.bpf_stats_enabled` is 1. Undefined when the
+   * program is not loaded.
+   */
+  runStats(): { runCount: bigint; runTimeNs: bigint } | undefined {
+    const fd = libbpf().bpf_program__fd(this.pointer);
+    if (fd < 0) return undefined;
+    const info = new Uint8Array(PROG_INFO_SIZE);
+    const len = new Uint32Array([PROG_INFO_SIZE]);
+    if (libbpf().bpf_obj_get_info_by_fd(fd, info, new Uint8Array(len.buffer)) !== 0) {
+      return undefined;
+    }
+    const view = new DataView(info.buffer);
+    return {
+      runTimeNs: view.getBigUint64(PROG_INFO_RUN_TIME_NS, true),
+      runCount: view.getBigUint64(PROG_INFO_RUN_CNT, true),
+    };
   }
 
   /**

@@ -43,6 +43,8 @@ export interface PluginStatsSource {
   instrumented(): number;
   kernel(): { lost: bigint; counters: Map<string, bigint> };
   ringFill(): number;
+  /** Per BPF program: the kernel's run count and run time (0 unless bpf_stats is enabled). */
+  programs?(): Map<string, { runCount: bigint; runTimeNs: bigint }>;
 }
 
 const SEP = "\u0001";
@@ -417,6 +419,36 @@ export class RedExporter {
       collect() {
         this.reset();
         for (const s of sources()) this.set({ plugin: s.id }, s.ringFill());
+      },
+    });
+    new client.Counter({
+      name: "redprobe_bpf_program_runs_total",
+      help: "Runs of each BPF program, from the kernel's BPF stats (0 unless " +
+        "sysctl kernel.bpf_stats_enabled=1, which costs ~20 ns a run)",
+      labelNames: ["plugin", "program"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of sources()) {
+          for (const [program, st] of s.programs?.() ?? []) {
+            this.inc({ plugin: s.id, program }, Number(st.runCount));
+          }
+        }
+      },
+    });
+    new client.Counter({
+      name: "redprobe_bpf_program_run_seconds_total",
+      help: "Time spent running each BPF program, from the kernel's BPF stats (0 unless " +
+        "sysctl kernel.bpf_stats_enabled=1)",
+      labelNames: ["plugin", "program"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of sources()) {
+          for (const [program, st] of s.programs?.() ?? []) {
+            this.inc({ plugin: s.id, program }, Number(st.runTimeNs) / 1e9);
+          }
+        }
       },
     });
     new client.Counter({

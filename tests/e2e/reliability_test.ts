@@ -157,3 +157,52 @@ Deno.test({
     assert.deepEqual([...after].filter((id) => !before.has(id)), [], "nothing left loaded");
   },
 });
+
+Deno.test({
+  ...base,
+  name: "with kernel.bpf_stats_enabled=1 the agent exports each program's runs and run time",
+  async fn() {
+    assertBpfAvailable();
+    const sysctl = (...args: string[]) =>
+      new Deno.Command("sysctl", { args, stdout: "piped" }).output();
+    const previous = new TextDecoder().decode(
+      (await sysctl("-n", "kernel.bpf_stats_enabled")).stdout,
+    ).trim();
+    await sysctl("-q", "-w", "kernel.bpf_stats_enabled=1");
+    try {
+      await using agent = await startAgent();
+      await using server = await startPython();
+      await agent.waitForPid(server.pid);
+      await sendRequests({
+        port: server.port,
+        spec: { method: "GET", path: "/hello" },
+        count: 20,
+        keepAlive: true,
+      });
+      const samples = await agent.samples();
+      const runs = sumSamples(samples, "redprobe_bpf_program_runs_total", {
+        plugin: "kprobe-http",
+        program: "on_sock_recv",
+      });
+      const seconds = sumSamples(samples, "redprobe_bpf_program_run_seconds_total", {
+        plugin: "kprobe-http",
+        program: "on_sock_recv",
+      });
+      assert.ok(runs >= 20, `${runs} runs`);
+      assert.ok(seconds > 0 && seconds < runs * 1e-4, `${seconds} s for ${runs} runs`);
+      // The same numbers bpftool reads (struct bpf_prog_info), give or take the runs since.
+      const ids = programIdsHeldBy(agent.pid);
+      const listed = JSON.parse(
+        new TextDecoder().decode(
+          (await new Deno.Command("bpftool", { args: ["prog", "list", "-j"], stdout: "piped" })
+            .output()).stdout,
+        ),
+      ) as { id: number; name?: string; run_cnt?: number }[];
+      const bpftool = listed.filter((p) => ids.has(p.id) && p.name === "on_sock_recv")
+        .reduce((n, p) => n + (p.run_cnt ?? 0), 0);
+      assert.ok(bpftool >= runs && bpftool - runs < 1000, `bpftool ${bpftool}, agent ${runs}`);
+    } finally {
+      await sysctl("-q", "-w", `kernel.bpf_stats_enabled=${previous || "0"}`);
+    }
+  },
+});
