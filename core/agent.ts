@@ -68,6 +68,8 @@ export class Agent implements AsyncDisposable {
   readonly #hosts: PluginHost[] = [];
   readonly #labels = new Map<number, TargetLabels>();
   readonly #released = new Map<number, number>(); // pid -> time released
+  /** target_instance -> when its last process went away (series_ttl counts from there). */
+  readonly #gone = new Map<string, number>();
   /** http_route from the request paths (`routes` configuration). */
   readonly #routes: RouteMapper;
   #discovery: Discovery | undefined;
@@ -262,11 +264,26 @@ export class Agent implements AsyncDisposable {
     }
     const now = Date.now();
     for (const [pid, at] of this.#released) {
-      if (now - at > RELEASED_LABELS_TTL_MS) {
+      // A series_ttl shorter than the labels' keeps them no longer than the series.
+      if (now - at > Math.min(RELEASED_LABELS_TTL_MS, this.#config.discovery.series_ttl)) {
         this.#released.delete(pid);
         const labels = this.#labels.get(pid);
         if (labels) this.exporter.release(labels);
         this.#labels.delete(pid);
+        // Its instance's series go once no process of it is left (nginx's workers share the
+        // master's), series_ttl after it went away.
+        if (labels && ![...this.#labels.values()].some((l) => l.instance === labels.instance)) {
+          this.#gone.set(labels.instance, at);
+        }
+      }
+    }
+    for (const [instance, at] of this.#gone) {
+      if ([...this.#labels.values()].some((l) => l.instance === instance)) {
+        this.#gone.delete(instance); // back (a pid reused by the same service's top process)
+      } else if (now - at > this.#config.discovery.series_ttl) {
+        this.#gone.delete(instance);
+        const n = this.exporter.expireInstance(instance);
+        this.#log.debug(`series of ${instance} expired (${n})`);
       }
     }
     this.exporter.setDiscoveredProcesses(this.#discovery.targets.size);

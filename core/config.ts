@@ -66,6 +66,7 @@ const configSchema = z.strictObject({
   discovery: z.strictObject({
     poll_interval: duration,
     service_namespace: z.string(),
+    series_ttl: duration,
   }),
   routes: z.strictObject({
     patterns: z.array(routePattern),

@@ -80,6 +80,7 @@ Deno.test("loadConfig() with no file gives the values config/default.yaml states
   assert.deepEqual(config.discovery, {
     poll_interval: parseDurationMs(file.discovery.poll_interval),
     service_namespace: file.discovery.service_namespace,
+    series_ttl: parseDurationMs(file.discovery.series_ttl),
   });
   assert.deepEqual([...config.plugins.keys()], Object.keys(file.plugins));
   const http = file.plugins["kprobe-http"];

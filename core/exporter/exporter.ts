@@ -308,6 +308,16 @@ export class RedExporter {
     cell.size.family.recordBuckets(cell.size.series, a.sizeBuckets, a.sizeSumBytes);
   }
 
+  /**
+   * Stops exporting every series of `instance` (a `target_instance` value whose processes are
+   * all gone): `discovery.series_ttl` after they exited. Returns how many series went.
+   */
+  expireInstance(instance: string): number {
+    let removed = 0;
+    for (const family of this.#families) removed += family.removeWhere("target_instance", instance);
+    return removed;
+  }
+
   /** Forgets the cache entries of a target that went away (its series stay exported). */
   release(target: TargetLabels): void {
     this.#httpServerCells.delete(target);

@@ -173,6 +173,18 @@ export class HistogramFamily {
     series.sum += sum;
   }
 
+  /** Removes the series whose label `name` is `value`; returns how many. */
+  removeWhere(name: string, value: string): number {
+    let removed = 0;
+    for (const [key, series] of this.#series) {
+      if (series.labels[name] === value) {
+        this.#series.delete(key);
+        removed++;
+      }
+    }
+    return removed;
+  }
+
   /** Adds `value` to a series of this family. */
   record(series: Series, value: number): void {
     const bounds = this.upperBounds;

@@ -176,3 +176,19 @@ Deno.test("HTTP and RPC label names start with the target labels", () => {
   ]);
   assert.ok(HTTP_LABELS.includes("http_route") && RPC_LABELS.includes("rpc_grpc_status_code"));
 });
+
+Deno.test("HistogramFamily.removeWhere drops the series with that label value, and only them", () => {
+  const f = new HistogramFamily({
+    name: "x_seconds",
+    help: "x",
+    labelNames: ["target_instance"],
+    buckets: [1],
+    maxSeries: 10,
+  });
+  f.observe("a", () => ({ target_instance: "h:1" }), 0.5);
+  f.observe("b", () => ({ target_instance: "h:2" }), 0.5);
+  f.observe("c", () => ({ target_instance: "h:1" }), 2);
+  assert.equal(f.removeWhere("target_instance", "h:1"), 2);
+  assert.equal(f.seriesCount, 1);
+  assert.equal(f.removeWhere("target_instance", "h:9"), 0);
+});

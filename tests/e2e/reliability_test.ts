@@ -206,3 +206,36 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  ...base,
+  name: "the series of a process that exited stay for discovery.series_ttl, then go",
+  async fn() {
+    assertBpfAvailable();
+    await using agent = await startAgent({
+      config: { discovery: { poll_interval: "200ms", series_ttl: "2s" } },
+    });
+    const server = await startPython();
+    const instance = { target_instance: `${Deno.hostname()}:${server.pid}` };
+    const count = async () =>
+      sumSamples(await agent.samples(), "http_server_duration_seconds_count", instance);
+    try {
+      await agent.waitForPid(server.pid);
+      await sendRequests({
+        port: server.port,
+        spec: { method: "GET", path: "/hello" },
+        count: 3,
+        keepAlive: true,
+      });
+      assert.equal(await count(), 3);
+    } finally {
+      await server.stop();
+    }
+    await agent.waitForRelease(server.pid);
+    const released = performance.now();
+    assert.equal(await count(), 3, "still exported right after the exit");
+    assert.ok(await pollUntil(async () => await count() === 0, { timeoutMs: 6_000 }));
+    const ms = performance.now() - released;
+    assert.ok(ms >= 1_500, `gone after ${Math.round(ms)} ms, before the 2 s TTL`);
+  },
+});
