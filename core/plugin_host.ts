@@ -167,6 +167,8 @@ export class PluginHost implements AsyncDisposable {
         ? plugin.attachOnce(ctx)
         : plugin.attachOnce ?? [];
       for (const spec of once) this.#globalLinks.push(this.#attach(spec));
+      // Before the reader: a sweep program that cannot run fails the start with nothing running.
+      if (plugin.sweep) this.#startSweep(plugin.sweep.program, plugin.sweep.intervalMs ?? 1000);
       this.#reader = new RingBufferReader(
         this.#object.map("events"),
         (record) => this.#onRecord(record),
@@ -175,8 +177,8 @@ export class PluginHost implements AsyncDisposable {
         },
       );
       this.#reader.start();
-      if (plugin.sweep) this.#startSweep(plugin.sweep.program, plugin.sweep.intervalMs ?? 1000);
     } catch (e) {
+      if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
       for (const link of this.#globalLinks) link.destroy();
       this.#object.close();
       throw e;
