@@ -14,6 +14,7 @@ import type { RedAggregate, RedObservation, TargetProcess } from "./plugin.ts";
 import { PluginHost } from "./plugin_host.ts";
 import { exePath, parseEnviron, serviceIdentity } from "../lib/proc.ts";
 import { RouteMapper } from "../lib/route.ts";
+import { Selector } from "../lib/selectors.ts";
 
 /** The number of observations in a histogram delta. */
 function sumOf(counts: ArrayLike<number>): number {
@@ -219,6 +220,8 @@ export class Agent implements AsyncDisposable {
       hostname: Deno.hostname(),
       defaultNamespace: config.discovery.service_namespace,
       selectExecutable: (exe, pid) => this.#hosts.some((h) => h.selectsExecutable(exe, pid)),
+      select: config.discovery.select.map((s) => new Selector(s)),
+      exclude: config.discovery.exclude.map((s) => new Selector(s)),
     }, options.procFs);
     log.info(`plugins running: ${this.#hosts.map((h) => h.plugin.id).join(", ")}`);
     this.#poll();

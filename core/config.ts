@@ -13,6 +13,7 @@ import { LOG_FORMATS, LOG_LEVELS } from "./log.ts";
 import type { AnyPlugin } from "./plugin.ts";
 import { OPTIONAL_HTTP_CLIENT_LABELS } from "./exporter/red_metrics.ts";
 import { RoutePattern } from "../lib/route.ts";
+import { Selector } from "../lib/selectors.ts";
 
 /** A configuration problem: the agent exits with status 2 before attaching anything. */
 export class ConfigError extends Error {
@@ -51,6 +52,26 @@ const routePattern = z.string().superRefine((pattern, ctx) => {
   }
 });
 
+/** A process selector (lib/selectors.ts): checked by compiling it. */
+function selector(named: boolean) {
+  const shape = {
+    ports: z.array(z.union([z.number().int(), z.string()])).optional(),
+    exe: z.string().min(1).optional(),
+    cmdline: z.string().min(1).optional(),
+    pid: z.number().int().positive().optional(),
+  };
+  const base = named
+    ? z.strictObject({ ...shape, name: z.string().min(1).optional() })
+    : z.strictObject(shape);
+  return base.superRefine((spec, ctx) => {
+    try {
+      new Selector(spec);
+    } catch (e) {
+      ctx.addIssue({ code: "custom", message: (e as Error).message });
+    }
+  });
+}
+
 const configSchema = z.strictObject({
   log_level: z.enum(LOG_LEVELS),
   log_format: z.enum(LOG_FORMATS),
@@ -67,6 +88,8 @@ const configSchema = z.strictObject({
     poll_interval: duration,
     service_namespace: z.string(),
     series_ttl: duration,
+    select: z.array(selector(true)),
+    exclude: z.array(selector(false)),
   }),
   routes: z.strictObject({
     patterns: z.array(routePattern),

@@ -81,6 +81,8 @@ Deno.test("loadConfig() with no file gives the values config/default.yaml states
     poll_interval: parseDurationMs(file.discovery.poll_interval),
     service_namespace: file.discovery.service_namespace,
     series_ttl: parseDurationMs(file.discovery.series_ttl),
+    select: [],
+    exclude: [],
   });
   assert.deepEqual([...config.plugins.keys()], Object.keys(file.plugins));
   const http = file.plugins["kprobe-http"];
@@ -449,4 +451,15 @@ Deno.test("a bad or unknown REDPROBE_ variable is a ConfigError naming it", () =
     "REDPROBE_METRICS_PROT",
     "names no configuration key",
   );
+});
+
+Deno.test("discovery.select and exclude: checked, with the key of the bad entry", () => {
+  const config = load(
+    'discovery:\n  select: [{ ports: [8080, "9000-9010"], name: shop }, { cmdline: "gunicorn" }]\n' +
+      '  exclude: [{ exe: "/usr/bin/prometheus" }]\n',
+  );
+  assert.equal(config.discovery.select.length, 2);
+  assertFileError('discovery:\n  select: [{ ports: ["9-1"] }]\n', "discovery.select.0", "ports");
+  assertFileError("discovery:\n  select: [{ name: x }]\n", "discovery.select.0", "needs ports");
+  assertFileError("discovery:\n  exclude: [{ name: x, pid: 1 }]\n", "discovery.exclude.0");
 });

@@ -18,6 +18,7 @@ import {
   socketInode,
 } from "../lib/proc.ts";
 import type { TargetProcess } from "./plugin.ts";
+import type { ProcessFacts, Selector } from "../lib/selectors.ts";
 
 /** The parts of /proc discovery reads; an interface so tests can give it a fake tree. */
 export interface ProcFs {
@@ -95,6 +96,14 @@ export interface DiscoveryOptions {
   defaultNamespace?: string;
   /** Extra filter: return false to leave a process alone. */
   accept?: (target: TargetProcess) => boolean;
+  /**
+   * `discovery.select`: when not empty, only processes one of these matches are targets (a
+   * selector without ports also selects processes that listen on nothing), named by the
+   * first match's `name` when their environment names no service.
+   */
+  select?: readonly Selector[];
+  /** `discovery.exclude`: processes never instrumented. */
+  exclude?: readonly Selector[];
   /**
    * Selects a process that listens on nothing (an HTTP client) by its executable. Asked once
    * per new process, with the executable path as /proc shows it.
@@ -228,13 +237,19 @@ export class Discovery {
     for (const [pid, seen] of this.#seen) {
       if (rescanAll || fresh.has(pid)) scan(pid, seen);
     }
-    // Clients: new processes that listen on nothing but run a selected executable.
+    // Clients: new processes that listen on nothing but run a selected executable, or that
+    // a configured selector without ports names.
     const select = this.#options.selectExecutable;
-    if (select) {
+    const portless = (this.#options.select ?? []).filter((s) => !s.needsPorts);
+    if (select || portless.length > 0) {
       for (const [pid, seen] of fresh) {
         if (seen.inodes.size > 0 || pid === this.#options.selfPid) continue;
-        const exe = fs.readLink(`/proc/${pid}/exe`);
-        if (exe && select(exePath(exe), pid)) {
+        const link = fs.readLink(`/proc/${pid}/exe`);
+        if (!link) continue;
+        const exe = exePath(link);
+        if (
+          select?.(exe, pid) || portless.some((s) => s.matches(this.#facts(pid, exe, [])))
+        ) {
           seen.selected = true;
           candidates.push(pid);
         }
@@ -243,7 +258,9 @@ export class Discovery {
 
     const added: TargetProcess[] = [];
     for (const pid of candidates) {
-      const target = this.#describe(pid, listening);
+      const chosen = this.#chosen(pid, listening);
+      if (!chosen) continue;
+      const target = this.#describe(pid, listening, chosen.name);
       if (!target) continue;
       if (this.#options.accept && !this.#options.accept(target)) continue;
       this.#targets.set(pid, target);
@@ -271,12 +288,49 @@ export class Discovery {
     return out;
   }
 
-  #describe(pid: number, listening: Map<number, number>): TargetProcess | undefined {
+  /** What the selectors see of a process. */
+  #facts(pid: number, exe: string, ports: readonly number[]): ProcessFacts {
+    return {
+      pid,
+      exe,
+      ports,
+      cmdline: () => (this.#fs.readText(`/proc/${pid}/cmdline`) ?? "").replaceAll("\0", " ").trim(),
+    };
+  }
+
+  /**
+   * Whether the configured selectors let `pid` be a target, and under which selector's name:
+   * undefined when an exclude matches it, or when there are selectors and none matches.
+   */
+  #chosen(pid: number, listening: Map<number, number>): { name?: string } | undefined {
+    const { select = [], exclude = [] } = this.#options;
+    if (select.length === 0 && exclude.length === 0) return {};
+    const link = this.#fs.readLink(`/proc/${pid}/exe`);
+    const seen = this.#seen.get(pid);
+    if (!link || !seen) return undefined;
+    const ports = [...seen.inodes].map((i) => listening.get(i)!);
+    const facts = this.#facts(pid, exePath(link), ports);
+    if (exclude.some((s) => s.matches(facts))) return undefined;
+    if (select.length === 0) return {};
+    const match = select.find((s) => s.matches(facts));
+    return match ? { name: match.name } : undefined;
+  }
+
+  #describe(
+    pid: number,
+    listening: Map<number, number>,
+    fallbackName?: string,
+  ): TargetProcess | undefined {
     const exe = this.#fs.readLink(`/proc/${pid}/exe`);
     const seen = this.#seen.get(pid);
     if (!exe || !seen) return undefined;
     const env = parseEnviron(this.#fs.readText(`/proc/${pid}/environ`) ?? "");
-    const { name, namespace } = serviceIdentity(env, exe, this.#options.defaultNamespace);
+    const { name, namespace } = serviceIdentity(
+      env,
+      exe,
+      this.#options.defaultNamespace,
+      fallbackName,
+    );
     // The instance is the top process sharing these listening sockets (nginx's master for
     // its workers), so worker restarts do not create new series.
     let top = pid;

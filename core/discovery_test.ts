@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { Discovery, type DiscoveryChange, type ProcFs } from "./discovery.ts";
 import type { TargetProcess } from "./plugin.ts";
+import { Selector } from "../lib/selectors.ts";
 
 const HOST_NS = "net:[4026531840]";
 const HOST = "host1";
@@ -25,6 +26,8 @@ interface FakeProcess {
   /** fd -> link target (`socket:[N]`, `pipe:[N]`, a path). */
   fds?: Record<number, string>;
   netns?: string;
+  /** `/proc/<pid>/cmdline` arguments. */
+  cmdline?: string[];
 }
 
 /** An in-memory /proc: processes, their fds and environment, one socket table per netns. */
@@ -77,6 +80,8 @@ class FakeProcFs implements ProcFs {
         return statLine(p);
       case "environ":
         return Object.entries(p.env ?? {}).map(([k, v]) => `${k}=${v}\0`).join("");
+      case "cmdline":
+        return (p.cmdline ?? [p.comm]).map((a) => `${a}\0`).join("");
       case "net/tcp":
         return tcpTable(this.namespaces.get(p.netns!)!.filter((s) => !s.v6), false);
       case "net/tcp6":
@@ -126,7 +131,10 @@ function tcpTable(sockets: Socket[], v6: boolean): string {
   }).join("");
 }
 
-function discovery(fs: FakeProcFs, options: { defaultNamespace?: string } = {}): Discovery {
+function discovery(
+  fs: FakeProcFs,
+  options: { defaultNamespace?: string; select?: Selector[]; exclude?: Selector[] } = {},
+): Discovery {
   return new Discovery({ selfPid: SELF, hostname: HOST, ...options }, fs);
 }
 
@@ -563,4 +571,64 @@ Deno.test("Discovery selects a client by its executable, asking once per new pro
   assert.equal(asked.length, before, "known processes are not asked again");
   fs.exit(300);
   assert.deepEqual(pids(d.poll().removed), [300]);
+});
+
+/** nginx (80, 443), a Python shop on 8000, curl (listens nowhere), a Python job with OTEL_SERVICE_NAME. */
+function selectorsHost(): FakeProcFs {
+  return nginx(baseHost(), [])
+    .add({
+      pid: 500,
+      ppid: 1,
+      comm: "python3",
+      startTime: 3000,
+      exe: "/usr/bin/python3.11",
+      cmdline: ["python3", "-m", "http.server", "8000"],
+      fds: { 3: "socket:[9000]" },
+    })
+    .listen({ port: 8000, inode: 9000 })
+    .add({
+      pid: 600,
+      ppid: 100,
+      comm: "curl",
+      startTime: 3100,
+      exe: "/usr/bin/curl",
+      cmdline: ["curl", "http://127.0.0.1:8000/"],
+    })
+    .add({
+      pid: 700,
+      ppid: 1,
+      comm: "python3",
+      startTime: 3200,
+      exe: "/usr/bin/python3.11",
+      env: { OTEL_SERVICE_NAME: "billing" },
+      fds: { 3: "socket:[9100]" },
+    })
+    .listen({ port: 8050, inode: 9100 });
+}
+
+Deno.test("discovery.select: only what a selector matches, named by it unless the process says", () => {
+  const d = discovery(selectorsHost(), {
+    select: [new Selector({ ports: ["8000-8099"], name: "shop" })],
+  });
+  const added = d.poll().added;
+  assert.deepEqual(pids(added), [500, 700]);
+  assert.equal(added.find((t) => t.pid === 500)?.serviceName, "shop");
+  assert.equal(added.find((t) => t.pid === 700)?.serviceName, "billing", "OTEL_SERVICE_NAME wins");
+});
+
+Deno.test("discovery.select without ports selects processes that listen nowhere", () => {
+  const d = discovery(selectorsHost(), {
+    select: [new Selector({ cmdline: "^curl ", name: "fetcher" }), new Selector({ pid: 400 })],
+  });
+  const added = d.poll().added;
+  assert.deepEqual(pids(added), [400, 600]);
+  assert.equal(added.find((t) => t.pid === 600)?.serviceName, "fetcher");
+  assert.equal(added.find((t) => t.pid === 400)?.serviceName, "nginx");
+});
+
+Deno.test("discovery.exclude: never a target, whatever selects it", () => {
+  const d = discovery(selectorsHost(), {
+    exclude: [new Selector({ exe: "/usr/sbin/*" }), new Selector({ cmdline: "http\\.server" })],
+  });
+  assert.deepEqual(pids(d.poll().added), [700]);
 });

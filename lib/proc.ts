@@ -120,17 +120,19 @@ export function exeName(exe: string): string {
 
 /**
  * `service_name` and `service_namespace` as OpenTelemetry SDKs would report them:
- * OTEL_SERVICE_NAME, else `service.name` in OTEL_RESOURCE_ATTRIBUTES, else the executable's
- * file name; the namespace from `service.namespace`, else `defaultNamespace`.
+ * OTEL_SERVICE_NAME, else `service.name` in OTEL_RESOURCE_ATTRIBUTES, else `fallbackName`, else
+ * the executable's file name; the namespace from `service.namespace`, else `defaultNamespace`.
  */
 export function serviceIdentity(
   env: Map<string, string>,
   exe: string,
   defaultNamespace = "",
+  /** Instead of the executable's name (a configured selector's `name`). */
+  fallbackName?: string,
 ): { name: string; namespace: string } {
   const attributes = parseResourceAttributes(env.get("OTEL_RESOURCE_ATTRIBUTES") ?? "");
   const name = env.get("OTEL_SERVICE_NAME")?.trim() || attributes.get("service.name") ||
-    exeName(exe);
+    fallbackName || exeName(exe);
   const namespace = attributes.get("service.namespace") ?? defaultNamespace;
   return { name, namespace };
 }

@@ -200,3 +200,44 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  ...base,
+  name: "discovery.select and exclude choose the targets among real servers, and name them",
+  async fn() {
+    assertBpfAvailable();
+    await using a = await startPython();
+    await using b = await startPython();
+    await using nginx = await startNginx({ workers: 1, keepalive: true, sendfile: true });
+    await using agent = await startAgent({
+      config: {
+        discovery: {
+          select: [{ ports: [a.port], name: "chosen" }, { ports: [b.port] }, { exe: "*/nginx" }],
+          exclude: [{ ports: [b.port] }],
+        },
+      },
+    });
+    await agent.waitForPid(a.pid);
+    await agent.waitForPid(nginx.pid);
+    for (const server of [a, b]) {
+      await sendRequests({
+        port: server.port,
+        spec: { method: "GET", path: "/hello" },
+        count: 2,
+        keepAlive: true,
+      });
+    }
+    const samples = await agent.samples();
+    const count = (pid: number) =>
+      sumSamples(samples, "http_server_duration_seconds_count", {
+        target_instance: `${Deno.hostname()}:${pid}`,
+      });
+    assert.equal(count(a.pid), 2);
+    assert.equal(count(b.pid), 0, "excluded, though a selector matches it");
+    const named = findSamples(samples, "http_server_duration_seconds_count", {
+      target_instance: `${Deno.hostname()}:${a.pid}`,
+    });
+    assert.equal(named[0]?.labels.service_name, "chosen");
+    assert.ok(!agent.logs().includes(`instrumenting pid ${b.pid} `));
+  },
+});
