@@ -8,9 +8,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # clang, llvm (llvm-strip), libbpf-dev and bpftool build and inspect the BPF objects;
 # libbpf1 is the agent's runtime; nginx, python3, node and golang-go run servers under test;
 # golang-google-grpc-dev (grpc-go 1.33) is vendored into the gRPC fixtures (no module proxy);
-# curl, wrk and hey drive traffic; prometheus ships promtool; strace checks syscalls.
+# curl, wrk and hey drive traffic; openssl makes the TLS tests' certificates; prometheus ships
+# promtool; strace checks syscalls.
 ensure_packages libbpf1 clang llvm libbpf-dev bpftool nginx python3 curl wrk hey golang-go \
-  golang-google-grpc-dev prometheus strace
+  golang-google-grpc-dev openssl prometheus strace
 command -v node >/dev/null || ensure_packages nodejs
 # linux-perf only enables extra checks: try it, but never fail (or demand root) for it.
 if [[ $EUID -eq 0 ]]; then
