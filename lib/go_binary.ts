@@ -32,6 +32,17 @@ export class GoBinarySkip extends Error {
   }
 }
 
+/**
+ * A plugin's `appliesTo` verdict for a binary it cannot use: the reason (counted), the
+ * message, and quiet (a debug log line) for the common reasons such as "not a Go program".
+ */
+export function skipVerdict(
+  skip: GoBinarySkip,
+  quietReasons: readonly string[] = ["not_go", "not_elf"],
+): { skip: string; detail: string; quiet: boolean } {
+  return { skip: skip.reason, detail: skip.message, quiet: quietReasons.includes(skip.reason) };
+}
+
 /** One probe: where it goes in the file, and whether the kernel emulates the instruction. */
 export interface ProbeSite {
   /** Virtual address of the instruction. */

@@ -431,36 +431,38 @@ export class RedExporter {
         for (const s of sources()) this.set({ plugin: s.id }, s.ringFill());
       },
     });
-    new client.Counter({
-      name: "redprobe_bpf_program_runs_total",
-      help: "Runs of each BPF program, from the kernel's BPF stats (0 unless " +
+    // Both read each program's struct bpf_prog_info: one helper makes each counter.
+    const programCounter = (
+      name: string,
+      help: string,
+      value: (st: { runCount: bigint; runTimeNs: bigint }) => number,
+    ) =>
+      new client.Counter({
+        name,
+        help,
+        labelNames: ["plugin", "program"],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const s of sources()) {
+            for (const [program, st] of s.programs?.() ?? []) {
+              this.inc({ plugin: s.id, program }, value(st));
+            }
+          }
+        },
+      });
+    programCounter(
+      "redprobe_bpf_program_runs_total",
+      "Runs of each BPF program, from the kernel's BPF stats (0 unless " +
         "sysctl kernel.bpf_stats_enabled=1, which costs ~20 ns a run)",
-      labelNames: ["plugin", "program"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const s of sources()) {
-          for (const [program, st] of s.programs?.() ?? []) {
-            this.inc({ plugin: s.id, program }, Number(st.runCount));
-          }
-        }
-      },
-    });
-    new client.Counter({
-      name: "redprobe_bpf_program_run_seconds_total",
-      help: "Time spent running each BPF program, from the kernel's BPF stats (0 unless " +
+      (st) => Number(st.runCount),
+    );
+    programCounter(
+      "redprobe_bpf_program_run_seconds_total",
+      "Time spent running each BPF program, from the kernel's BPF stats (0 unless " +
         "sysctl kernel.bpf_stats_enabled=1)",
-      labelNames: ["plugin", "program"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const s of sources()) {
-          for (const [program, st] of s.programs?.() ?? []) {
-            this.inc({ plugin: s.id, program }, Number(st.runTimeNs) / 1e9);
-          }
-        }
-      },
-    });
+      (st) => Number(st.runTimeNs) / 1e9,
+    );
     new client.Counter({
       name: "redprobe_series_overflow_total",
       help: "Observations dropped because a metric reached its label-set cap",

@@ -13,7 +13,7 @@
  */
 import { z } from "zod";
 import { type AttachSpec, definePlugin, type TargetProcess } from "../../core/plugin.ts";
-import { GoBinarySkip, looksLikeGo } from "../../lib/go_binary.ts";
+import { GoBinarySkip, looksLikeGo, skipVerdict } from "../../lib/go_binary.ts";
 import { globMatcher } from "../../lib/globs.ts";
 import { fitsInKernel, histogramConstants, histogramDelta } from "../../lib/red_histogram.ts";
 import bpfObject from "./go_grpc.bpf.o" with { type: "bytes" };
@@ -95,14 +95,9 @@ export default definePlugin<GoGrpcEvent, GoGrpcOptions>({
       return { skip: "configured", detail: "plugins.go-grpc.skip_executables" };
     }
     const result = analysisOf(target);
-    if (result instanceof GoBinarySkip) {
-      return {
-        skip: result.reason,
-        detail: result.message,
-        quiet: ["not_go", "not_elf", "no_grpc"].includes(result.reason),
-      };
-    }
-    return true;
+    return result instanceof GoBinarySkip
+      ? skipVerdict(result, ["not_go", "not_elf", "no_grpc"])
+      : true;
   },
   // gRPC clients need not listen anywhere: a Go program with grpc-go's client code is a target.
   selectsExecutable(exe, pid, { options }) {

@@ -45,7 +45,7 @@ import {
   type ProbeSite,
   readsStatusAtEnd,
 } from "./binary.ts";
-import { looksLikeGo } from "../../lib/go_binary.ts";
+import { looksLikeGo, skipVerdict } from "../../lib/go_binary.ts";
 import { globMatcher } from "../../lib/globs.ts";
 
 const binaries = goHttpBinaryCache();
@@ -257,13 +257,7 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
       return { skip: "configured", detail: "plugins.go-http.skip_executables" };
     }
     const result = analysisOf(target);
-    if (result instanceof GoBinarySkip) {
-      return {
-        skip: result.reason,
-        detail: result.message,
-        quiet: result.reason === "not_go" || result.reason === "not_elf",
-      };
-    }
+    if (result instanceof GoBinarySkip) return skipVerdict(result);
     if (!result.client && !measuresServer(result, options)) {
       return {
         skip: "plain_http_server",
