@@ -12,6 +12,7 @@ import { BpfError, setLibbpfLogSink } from "./ffi/libbpf.ts";
 import type { Logger } from "./log.ts";
 import type { RedAggregate, RedObservation, TargetProcess } from "./plugin.ts";
 import { PluginHost } from "./plugin_host.ts";
+import type { PluginModuleFailure } from "./plugin_modules.ts";
 import { exePath, parseEnviron, serviceIdentity } from "../lib/proc.ts";
 import { RouteMapper } from "../lib/route.ts";
 import { Selector } from "../lib/selectors.ts";
@@ -42,6 +43,11 @@ function describeProcess(
   return { serviceName: name, serviceNamespace: namespace };
 }
 
+/** A plugin module's `plugin` label: its file name (`redis/mod.ts`), short but recognisable. */
+function moduleLabel(specifier: string): string {
+  return specifier.split("/").slice(-2).join("/");
+}
+
 /** How long an exited process's labels are kept, for events still in flight (close flushes). */
 const RELEASED_LABELS_TTL_MS = 60_000;
 
@@ -60,6 +66,8 @@ export interface AgentOptions {
   procFs?: ProcFs;
   /** Called once the metrics endpoint listens. */
   onListen?: (addr: Deno.NetAddr) => void;
+  /** Plugin modules that could not be loaded (counted as attach failures, `module_error`). */
+  moduleFailures?: readonly PluginModuleFailure[];
 }
 
 export class Agent implements AsyncDisposable {
@@ -158,6 +166,10 @@ export class Agent implements AsyncDisposable {
       skipped: (plugin: string, reason: string) => this.exporter.skipped(plugin, reason),
     };
     const failures: string[] = [];
+    for (const f of options.moduleFailures ?? []) {
+      this.exporter.attachFailed(moduleLabel(f.module), "module_error");
+      log.error(`plugin module ${f.module} not loaded: ${f.message}`);
+    }
     for (const { plugin, options: pluginOptions } of config.plugins.values()) {
       try {
         const buckets = {

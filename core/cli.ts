@@ -13,6 +13,7 @@ import { ConfigError, loadConfig } from "./config.ts";
 import { createLogger, LOG_LEVELS, type LogLevel } from "./log.ts";
 import type { AnyPlugin } from "./plugin.ts";
 import { formatDoctor, runDoctor } from "./doctor.ts";
+import { importPluginModules, type PluginModuleFailure } from "./plugin_modules.ts";
 
 export const VERSION = "0.1.0";
 
@@ -99,23 +100,42 @@ export async function main(
   }
 
   let config;
+  let moduleFailures: PluginModuleFailure[] = [];
   try {
-    config = loadConfig({
-      file: flags.config ?? io.env.REDPROBE_CONFIG,
-      env: io.env,
-      overrides: {
-        metricsAddress: flags["metrics-address"],
-        metricsPort: flags["metrics-port"],
-        logLevel: flags["log-level"],
-      },
-      plugins,
-    });
+    const configure = (all: readonly AnyPlugin[], allowUnknownPlugins: boolean) =>
+      loadConfig({
+        file: flags.config ?? io.env.REDPROBE_CONFIG,
+        env: io.env,
+        overrides: {
+          metricsAddress: flags["metrics-address"],
+          metricsPort: flags["metrics-port"],
+          logLevel: flags["log-level"],
+        },
+        plugins: all,
+        allowUnknownPlugins,
+      });
+    // Two passes: the first finds plugin_modules (their plugins' sections are not known yet),
+    // the second checks every plugin's options, third-party ones included.
+    config = configure(plugins, true);
+    if (config.plugin_modules.length) {
+      const loaded = await importPluginModules(config.plugin_modules, plugins.map((p) => p.id));
+      moduleFailures = loaded.failures;
+      config = configure([...plugins, ...loaded.plugins], moduleFailures.length > 0);
+    } else {
+      config = configure(plugins, false);
+    }
   } catch (e) {
     if (e instanceof ConfigError) {
       io.err(`redprobe: ${e.message}`);
       return 2;
     }
     throw e;
+  }
+  for (const f of moduleFailures) {
+    io.err(`redprobe: plugin module ${f.module} not loaded: ${f.message}`);
+  }
+  for (const id of config.unknownPlugins) {
+    io.err(`redprobe: plugins.${id} ignored: no plugin "${id}" (a plugin module failed to load)`);
   }
   if (command === "doctor") {
     const { text, ok } = formatDoctor(runDoctor(config));
@@ -140,7 +160,7 @@ export async function main(
   try {
     let agent: Agent;
     try {
-      agent = await Agent.start({ config, log });
+      agent = await Agent.start({ config, log, moduleFailures });
     } catch (e) {
       log.error(
         e instanceof AgentStartError ? e.message : `cannot start: ${(e as Error).stack ?? e}`,

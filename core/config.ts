@@ -5,6 +5,8 @@
  *
  * @module
  */
+import { dirname, isAbsolute, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { z } from "zod";
 import YAML from "yaml";
 import defaultYaml from "../config/default.yaml" with { type: "text" };
@@ -14,6 +16,8 @@ import type { AnyPlugin } from "./plugin.ts";
 import { OPTIONAL_HTTP_CLIENT_LABELS } from "./exporter/red_metrics.ts";
 import { RoutePattern } from "../lib/route.ts";
 import { Selector } from "../lib/selectors.ts";
+
+const toFileUrl = (path: string): URL => pathToFileURL(path);
 
 /** A configuration problem: the agent exits with status 2 before attaching anything. */
 export class ConfigError extends Error {
@@ -72,6 +76,16 @@ function selector(named: boolean) {
   });
 }
 
+/** An OTLP/HTTP endpoint, or "" for none. */
+const otlpUrl = z.string().refine((v) => {
+  if (v === "") return true;
+  try {
+    return ["http:", "https:"].includes(new URL(v).protocol);
+  } catch {
+    return false;
+  }
+}, 'expected an http:// or https:// URL, or "" for none');
+
 const configSchema = z.strictObject({
   log_level: z.enum(LOG_LEVELS),
   log_format: z.enum(LOG_FORMATS),
@@ -96,13 +110,88 @@ const configSchema = z.strictObject({
     ignored: z.array(routePattern),
     max_per_service: z.number().int().min(1),
   }),
+  otlp: z.strictObject({
+    endpoint: otlpUrl,
+    metrics_endpoint: otlpUrl,
+    traces_endpoint: otlpUrl,
+    metrics: z.boolean(),
+    traces: z.boolean(),
+    export_interval: duration,
+    headers: z.record(z.string(), z.string()),
+    max_queued_spans: z.number().int().min(1),
+  }),
+  plugin_modules: z.array(z.string().min(1)),
   plugins: z.record(z.string(), z.record(z.string(), z.unknown()).nullable()),
 });
 
 export type AgentConfig = Omit<z.infer<typeof configSchema>, "plugins"> & {
   /** Enabled plugins, with their validated options. */
   plugins: Map<string, { plugin: AnyPlugin; options: unknown }>;
+  /**
+   * `plugins.<id>` sections that name no known plugin, left alone because a plugin module
+   * failed to load (`allowUnknownPlugins`): probably that module's.
+   */
+  unknownPlugins: string[];
 };
+
+/** The OpenTelemetry SDK environment variables redprobe reads, as configuration keys. */
+const OTEL_ENV: Record<string, string> = {
+  OTEL_EXPORTER_OTLP_ENDPOINT: "endpoint",
+  OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: "metrics_endpoint",
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "traces_endpoint",
+  OTEL_METRIC_EXPORT_INTERVAL: "export_interval",
+  OTEL_METRICS_EXPORTER: "metrics",
+  OTEL_TRACES_EXPORTER: "traces",
+};
+const OTLP_PROTOCOL_ENV = [
+  "OTEL_EXPORTER_OTLP_PROTOCOL",
+  "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+  "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+];
+
+/**
+ * The standard OpenTelemetry variables as a layer over the `otlp` section, as other OTel tools
+ * read them: an endpoint turns export on; `OTEL_METRIC_EXPORT_INTERVAL` is in milliseconds;
+ * `OTEL_METRICS_EXPORTER`/`OTEL_TRACES_EXPORTER` are `otlp` or `none`. Only http/protobuf is
+ * spoken: another `OTEL_EXPORTER_OTLP_*PROTOCOL` is a ConfigError rather than silence.
+ */
+function otelEnvOverrides(
+  env: Record<string, string | undefined>,
+): { layer: Json; sources: Map<string, string> } {
+  const otlp: Json = {};
+  const sources = new Map<string, string>();
+  for (const name of OTLP_PROTOCOL_ENV) {
+    const v = env[name];
+    if (v !== undefined && v !== "" && v !== "http/protobuf") {
+      throw new ConfigError(
+        `Invalid ${name}: redprobe exports OTLP over http/protobuf only, got ${JSON.stringify(v)}`,
+      );
+    }
+  }
+  for (const [name, key] of Object.entries(OTEL_ENV)) {
+    const v = env[name];
+    if (v === undefined || v === "") continue;
+    if (key === "export_interval") {
+      if (!/^\d+$/.test(v.trim()) || Number(v) <= 0) {
+        throw new ConfigError(
+          `Invalid ${name}: expected a number of milliseconds, got ${JSON.stringify(v)}`,
+        );
+      }
+      otlp[key] = Number(v);
+    } else if (key === "metrics" || key === "traces") {
+      if (v !== "otlp" && v !== "none") {
+        throw new ConfigError(
+          `Invalid ${name}: redprobe knows "otlp" and "none", got ${JSON.stringify(v)}`,
+        );
+      }
+      otlp[key] = v === "otlp";
+    } else {
+      otlp[key] = v;
+    }
+    sources.set(`otlp.${key}`, name);
+  }
+  return { layer: Object.keys(otlp).length ? { otlp } : {}, sources };
+}
 
 /** Command-line settings that override the file and the environment. */
 export interface ConfigOverrides {
@@ -269,6 +358,11 @@ export function loadConfig(options: {
   env?: Record<string, string | undefined>;
   overrides?: ConfigOverrides;
   plugins: readonly AnyPlugin[];
+  /**
+   * A `plugins.<id>` section naming no plugin is skipped (listed in `unknownPlugins`) rather
+   * than an error: set when a plugin module failed to load, so its section is expected.
+   */
+  allowUnknownPlugins?: boolean;
 }): AgentConfig {
   const env = options.env ?? {};
   let merged = parseYaml(defaultYaml, "the embedded default configuration");
@@ -283,8 +377,11 @@ export function loadConfig(options: {
     }
     merged = mergeConfig(merged, parseYaml(text, options.file));
   }
+  const fromOtelEnv = otelEnvOverrides(env);
+  merged = mergeConfig(merged, fromOtelEnv.layer);
   const fromEnv = envOverrides(merged, env);
   merged = mergeConfig(merged, fromEnv.layer);
+  for (const [k, v] of fromOtelEnv.sources) if (!fromEnv.sources.has(k)) fromEnv.sources.set(k, v);
   // Values from flags and the environment are checked here, so an error names where they came
   // from rather than the file.
   const layer: Json = { metrics: {} };
@@ -339,8 +436,13 @@ export function loadConfig(options: {
 
   const byId = new Map(options.plugins.map((p) => [p.id, p]));
   const plugins = new Map<string, { plugin: AnyPlugin; options: unknown }>();
+  const unknownPlugins: string[] = [];
   for (const [id, raw] of Object.entries(parsed.data.plugins)) {
     const plugin = byId.get(id);
+    if (!plugin && options.allowUnknownPlugins) {
+      unknownPlugins.push(id);
+      continue;
+    }
     if (!plugin) {
       throw new ConfigError(
         `Invalid configuration in ${source}: plugins.${id}: unknown plugin (known: ${
@@ -369,5 +471,17 @@ export function loadConfig(options: {
     }
     plugins.set(id, { plugin, options: pluginOptions });
   }
-  return { ...parsed.data, plugins };
+  const base = options.file ? toFileUrl(resolve(dirname(options.file)) + "/") : undefined;
+  const pluginModules = parsed.data.plugin_modules.map((m) => moduleUrl(m, base));
+  return { ...parsed.data, plugin_modules: pluginModules, plugins, unknownPlugins };
+}
+
+/**
+ * A `plugin_modules` entry as an import specifier: a URL as is, a path as a file URL (a
+ * relative one from the configuration file's folder, or the working directory without one).
+ */
+export function moduleUrl(entry: string, base?: URL): string {
+  if (/^[a-z][a-z0-9+.-]*:/i.test(entry)) return entry;
+  if (isAbsolute(entry)) return toFileUrl(entry).href;
+  return new URL(entry, base ?? toFileUrl(Deno.cwd() + "/")).href;
 }

@@ -98,6 +98,12 @@ export type RedObservation =
     /** The process that served or made the request (its tgid). */
     pid: number;
     durationSeconds: number;
+    /**
+     * When the request started, in the kernel's CLOCK_MONOTONIC nanoseconds
+     * (`bpf_ktime_get_ns()`): the start of its span when traces are exported (without it the
+     * span ends when the record was read).
+     */
+    startNs?: bigint;
     /** Upper-case method, or `_OTHER`. */
     method: string;
     /** 0 when there was no response. */
@@ -126,9 +132,35 @@ export type RedObservation =
     kind: "rpc_server" | "rpc_client";
     pid: number;
     durationSeconds: number;
+    /** As in the HTTP variant. */
+    startNs?: bigint;
     rpcMethod: string;
     rpcSystem: string;
     grpcStatusCode: number;
+    /** As in the HTTP variant: labels for a process discovery never saw. */
+    exe?: string;
+  }
+  | {
+    /**
+     * A database call (`db_client_duration_seconds`): a command sent to a database server and
+     * its reply, e.g. a Redis command.
+     */
+    kind: "db_client";
+    pid: number;
+    durationSeconds: number;
+    /** As in the HTTP variant. */
+    startNs?: bigint;
+    /** OpenTelemetry's `db.system.name`: `redis`, `postgresql`, ... */
+    dbSystem: string;
+    /**
+     * The operation (`db.operation.name`): a bounded set, such as the upper-case Redis command
+     * (`GET`); the plugin maps anything else to `_OTHER`.
+     */
+    dbOperation: string;
+    /** Empty or absent when the call succeeded; else a short error class (`ERR`, `timeout`). */
+    errorType?: string;
+    /** As in the HTTP variant: labels for a process discovery never saw. */
+    exe?: string;
   };
 
 /**
@@ -186,6 +218,11 @@ export interface PluginContext<Options> {
    * what they need only when they are on (e.g. `server_address`).
    */
   optionalLabels?: readonly string[];
+  /**
+   * The core needs one ring-buffer record per request (traces are exported: each becomes a
+   * span), so histograms must not be kept in the kernel instead.
+   */
+  perRequestEvents?: boolean;
 }
 
 /** Whether the exporter's optional labels include the client side's peer (server_address/port). */
@@ -317,7 +354,11 @@ const pluginSchema = z.object({
     (b) => b.length > 4 && b[0] === 0x7f && b[1] === 0x45 && b[2] === 0x4c && b[3] === 0x46,
     "must be the bytes of an ELF object (.bpf.o)",
   ),
-  optionsSchema: z.custom<z.ZodType>((v) => v instanceof z.ZodType).optional(),
+  // Duck-typed: a third-party module may bring its own copy of zod.
+  optionsSchema: z.custom<z.ZodType>(
+    (v) => typeof (v as { safeParse?: unknown })?.safeParse === "function",
+    "must be a zod schema",
+  ).optional(),
   constants: z.function().optional(),
   maxEntries: z.function().optional(),
   uprobeMultiPrograms: z.array(z.string().min(1)).optional(),

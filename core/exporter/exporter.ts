@@ -7,6 +7,7 @@
 import client from "prom-client";
 import type { RedAggregate, RedObservation } from "../plugin.ts";
 import {
+  DB_LABELS,
   DEFAULT_DURATION_BUCKETS,
   DEFAULT_SIZE_BUCKETS,
   HistogramFamily,
@@ -68,6 +69,7 @@ export class RedExporter {
   readonly httpClientRequestSize: HistogramFamily;
   readonly rpcServerDuration: HistogramFamily;
   readonly rpcClientDuration: HistogramFamily;
+  readonly dbClientDuration: HistogramFamily;
   readonly #families: HistogramFamily[];
   readonly #httpServerCells: HttpCells = new Map();
   readonly #httpClientCells: HttpCells = new Map();
@@ -128,6 +130,12 @@ export class RedExporter {
       RPC_LABELS,
       durations,
     );
+    this.dbClientDuration = family(
+      names.dbClientDuration,
+      "Duration of database calls made (e.g. Redis commands), in seconds",
+      DB_LABELS,
+      durations,
+    );
     this.#families = [
       this.httpServerDuration,
       this.httpServerRequestSize,
@@ -135,6 +143,7 @@ export class RedExporter {
       this.httpClientRequestSize,
       this.rpcServerDuration,
       this.rpcClientDuration,
+      this.dbClientDuration,
     ];
     // The Registry only needs `name` and `get()` from a metric.
     for (const f of this.#families) this.registry.registerMetric(f as unknown as client.Metric);
@@ -188,7 +197,30 @@ export class RedExporter {
     } else if ("rpcMethod" in o) {
       const series = this.#rpcSeries(o, target);
       if (series) series.family.record(series.series, o.durationSeconds);
+    } else if (o.kind === "db_client") {
+      const errorType = o.errorType ?? "";
+      const key = [
+        target.serviceName,
+        target.serviceNamespace,
+        target.instance,
+        o.dbSystem,
+        o.dbOperation,
+        errorType,
+      ].join(SEP);
+      this.dbClientDuration.observe(key, () => ({
+        service_name: target.serviceName,
+        service_namespace: target.serviceNamespace,
+        target_instance: target.instance,
+        db_system: o.dbSystem,
+        db_operation: o.dbOperation,
+        error_type: errorType,
+      }), o.durationSeconds);
     }
+  }
+
+  /** The RED families (OTLP export reads them). */
+  get families(): readonly HistogramFamily[] {
+    return this.#families;
   }
 
   /** The duration series of an RPC label set; undefined when the cap dropped it. */

@@ -200,6 +200,7 @@ Deno.test('RedExporter with naming "otel" uses the OpenTelemetry metric names', 
       "http_client_request_body_size_bytes",
       "rpc_server_duration_seconds",
       "rpc_client_duration_seconds",
+      "db_client_operation_duration_seconds",
     ]
   ) {
     assert.equal(types.get(name), "histogram", name);
@@ -210,6 +211,7 @@ Deno.test('RedExporter with naming "otel" uses the OpenTelemetry metric names', 
   assert.deepEqual(
     find(await samples(e), "redprobe_series_overflow_total").map((s) => s.labels.metric).sort(),
     [
+      "db_client_operation_duration_seconds",
       "http_client_request_body_size_bytes",
       "http_client_request_duration_seconds",
       "http_server_request_body_size_bytes",
@@ -232,6 +234,7 @@ Deno.test("RedExporter exposes every family and its own gauges and counters from
       "http_client_request_size_bytes",
       "rpc_server_duration_seconds",
       "rpc_client_duration_seconds",
+      "db_client_duration_seconds",
     ]
   ) {
     assert.equal(types.get(name), "histogram", name);
@@ -252,7 +255,7 @@ Deno.test("RedExporter exposes every family and its own gauges and counters from
   assert.equal(types.get("redprobe_ring_buffer_fill_ratio"), "gauge");
   assert.equal(value(all, "redprobe_discovered_processes"), 0);
   const overflow = find(all, "redprobe_series_overflow_total");
-  assert.equal(overflow.length, 6, "one zero per family");
+  assert.equal(overflow.length, 7, "one zero per family");
   assert.ok(overflow.every((s) => s.value === 0));
 });
 
@@ -447,4 +450,28 @@ Deno.test("optional_labels add server_address and server_port to the HTTP client
   assert.equal(merged.length, 1, "without the option the peers share one series");
   assert.equal(merged[0].value, 2);
   assert.equal("server_port" in merged[0].labels, false);
+});
+
+Deno.test("RedExporter records database calls in db_client_duration_seconds", async () => {
+  const e = new RedExporter();
+  const call = {
+    kind: "db_client" as const,
+    pid: 1,
+    durationSeconds: 0.002,
+    dbSystem: "redis",
+    dbOperation: "GET",
+  };
+  e.observe(call, TARGET);
+  e.observe(call, TARGET);
+  e.observe(
+    { ...call, dbOperation: "INCR", errorType: "WRONGTYPE", durationSeconds: 0.02 },
+    TARGET,
+  );
+  const all = await samples(e);
+  const counts = find(all, "db_client_duration_seconds_count");
+  assert.deepEqual(
+    counts.map((s) => [s.labels.db_system, s.labels.db_operation, s.labels.error_type, s.value]),
+    [["redis", "GET", "", 2], ["redis", "INCR", "WRONGTYPE", 1]],
+  );
+  assert.equal(counts[0].labels.service_name, TARGET.serviceName);
 });

@@ -22,6 +22,7 @@ export const METRIC_NAMES = {
     httpClientRequestSize: "http_client_request_size_bytes",
     rpcServerDuration: "rpc_server_duration_seconds",
     rpcClientDuration: "rpc_client_duration_seconds",
+    dbClientDuration: "db_client_duration_seconds",
   },
   otel: {
     httpServerDuration: "http_server_request_duration_seconds",
@@ -30,6 +31,7 @@ export const METRIC_NAMES = {
     httpClientRequestSize: "http_client_request_body_size_bytes",
     rpcServerDuration: "rpc_server_duration_seconds",
     rpcClientDuration: "rpc_client_duration_seconds",
+    dbClientDuration: "db_client_operation_duration_seconds",
   },
 } as const;
 
@@ -75,6 +77,8 @@ export const RPC_LABELS = [
   "rpc_grpc_status_code",
 ] as const;
 
+export const DB_LABELS = [...TARGET_LABELS, "db_system", "db_operation", "error_type"] as const;
+
 /** What prom-client's Registry reads from a metric's `get()`. */
 export interface ExposedMetric {
   name: string;
@@ -87,6 +91,8 @@ export interface ExposedMetric {
 /** One label set's data: non-cumulative bucket counts (last slot is +Inf), sum, count. */
 export interface Series {
   labels: Record<string, string>;
+  /** When it was created (ms since the epoch): the start of its cumulative OTLP points. */
+  startMs: number;
   buckets: Float64Array;
   sum: number;
   count: number;
@@ -151,6 +157,7 @@ export class HistogramFamily {
       }
       series = {
         labels: labels(),
+        startMs: Date.now(),
         buckets: new Float64Array(this.upperBounds.length + 1),
         sum: 0,
         count: 0,
@@ -193,6 +200,11 @@ export class HistogramFamily {
     series.buckets[i]++;
     series.sum += value;
     series.count++;
+  }
+
+  /** Every series, in creation order (OTLP export reads them). */
+  allSeries(): IterableIterator<Series> {
+    return this.#series.values();
   }
 
   /** prom-client's view of the family (cumulative `le` buckets, `_sum`, `_count`). */
