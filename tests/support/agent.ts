@@ -31,6 +31,10 @@ export interface StartAgentOptions {
   args?: string[];
   env?: Record<string, string>;
   timeoutMs?: number;
+  /** The script to run instead of the repository's `main.ts` (e.g. the bundled `redprobe.js`). */
+  entry?: string;
+  /** Working directory of the agent (default: the test's). */
+  cwd?: string;
 }
 
 export async function startAgent(options: StartAgentOptions = {}): Promise<AgentHandle> {
@@ -42,7 +46,7 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
       "run",
       "-A",
       "--quiet",
-      join(ROOT, "main.ts"),
+      options.entry ?? join(ROOT, "main.ts"),
       "--config",
       configFile,
       "--metrics-address",
@@ -54,6 +58,7 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
       ...(options.args ?? []),
     ],
     env: options.env,
+    cwd: options.cwd,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
