@@ -13,6 +13,7 @@ import { ConfigError, loadConfig } from "./config.ts";
 import { createLogger, LOG_LEVELS, type LogLevel } from "./log.ts";
 import type { AnyPlugin } from "./plugin.ts";
 import { formatDoctor, runDoctor } from "./doctor.ts";
+import { runTop } from "./top.ts";
 import { importPluginModules, type PluginModuleFailure } from "./plugin_modules.ts";
 
 export const VERSION = "0.1.0";
@@ -24,6 +25,8 @@ host, from eBPF probes, with no change to the services.
 Usage: redprobe [run] [flags]       run the agent (until SIGINT or SIGTERM)
        redprobe doctor [flags]      what works on this machine and why not (attaches nothing)
        redprobe config print [flags]  the effective configuration, as JSON
+       redprobe top [flags]         a live table of RED per service and route, from a running
+                                    agent's metrics endpoint ("redprobe top --help")
        redprobe version
 
 With no configuration it instruments every process listening on a TCP port (except itself)
@@ -64,6 +67,8 @@ export async function main(
   plugins: readonly AnyPlugin[],
   io: CliIo = defaultIo,
 ): Promise<number> {
+  // `top` is a client of a running agent, with flags of its own (core/top.ts).
+  if (args[0] === "top") return await runTop(args.slice(1), plugins, io);
   let parsed;
   try {
     parsed = parseArgs({
