@@ -8,7 +8,8 @@ import type { AgentConfig } from "./config.ts";
 import { Discovery, type ProcFs } from "./discovery.ts";
 import { RedExporter, type TargetLabels } from "./exporter/exporter.ts";
 import { serveMetrics } from "./exporter/server.ts";
-import { BpfError, setLibbpfLogSink } from "./ffi/libbpf.ts";
+import { BpfError, monotonicToWallOffsetNs, setLibbpfLogSink } from "./ffi/libbpf.ts";
+import { OtlpExport } from "./exporter/otlp.ts";
 import type { Logger } from "./log.ts";
 import type { RedAggregate, RedObservation, TargetProcess } from "./plugin.ts";
 import { PluginHost } from "./plugin_host.ts";
@@ -82,6 +83,7 @@ export class Agent implements AsyncDisposable {
   /** http_route from the request paths (`routes` configuration). */
   readonly #routes: RouteMapper;
   #discovery: Discovery | undefined;
+  #otlp: OtlpExport | undefined;
   #server: Deno.HttpServer<Deno.NetAddr> | undefined;
   #timer: ReturnType<typeof setInterval> | undefined;
   #stopped = false;
@@ -149,6 +151,24 @@ export class Agent implements AsyncDisposable {
     this.#addr = await listening.promise;
     log.info(`metrics on http://${this.#addr.hostname}:${this.#addr.port}/metrics`);
 
+    const otlp = config.otlp;
+    if (
+      (otlp.metrics || otlp.traces) &&
+      (otlp.endpoint || otlp.metrics_endpoint || otlp.traces_endpoint)
+    ) {
+      this.#otlp = new OtlpExport({
+        exporter: this.exporter,
+        config: otlp,
+        log,
+        beforeCollect: () => this.drain(),
+        clockOffsetNs: monotonicToWallOffsetNs,
+      });
+    }
+    const perRequestEvents = this.#otlp?.tracesOn ?? false;
+    if (perRequestEvents) {
+      log.info("traces on: the plugins send one record per request (no in-kernel histograms)");
+    }
+
     setLibbpfLogSink((level, line) => {
       if (level === "warn") log.warn(`libbpf: ${line}`);
       else log.debug(`libbpf: ${line}`);
@@ -183,6 +203,7 @@ export class Agent implements AsyncDisposable {
           log,
           sinks,
           config.metrics.optional_labels,
+          perRequestEvents,
         );
         this.#hosts.push(host);
         this.exporter.addSource({
@@ -338,7 +359,9 @@ export class Agent implements AsyncDisposable {
     const labels = this.#labelsOf(o.pid, "exe" in o ? o.exe : undefined);
     if (!labels) return;
     const routed = "method" in o ? this.#routed(o, labels, 1) : o;
-    if (routed) this.exporter.observe(routed, labels);
+    if (!routed) return;
+    this.exporter.observe(routed, labels);
+    this.#otlp?.addSpan(routed, labels);
   }
 
   /**
@@ -394,6 +417,14 @@ export class Agent implements AsyncDisposable {
       }
     }
     setLibbpfLogSink(undefined);
+    if (this.#otlp) {
+      try {
+        await this.#otlp.stop();
+      } catch (e) {
+        this.#log.warn(`OTLP: last export: ${(e as Error).message}`);
+      }
+      this.#otlp = undefined;
+    }
     if (this.#server) {
       await this.#server.shutdown();
       this.#server = undefined;

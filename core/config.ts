@@ -177,7 +177,7 @@ function otelEnvOverrides(
           `Invalid ${name}: expected a number of milliseconds, got ${JSON.stringify(v)}`,
         );
       }
-      otlp[key] = Number(v);
+      otlp[key] = `${Number(v)}ms`; // a bare number in the file means seconds
     } else if (key === "metrics" || key === "traces") {
       if (v !== "otlp" && v !== "none") {
         throw new ConfigError(

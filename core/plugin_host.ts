@@ -12,6 +12,7 @@ import type {
   AnyPlugin,
   AttachSpec,
   MetricBuckets,
+  PluginContext,
   RedAggregate,
   RedObservation,
   TargetProcess,
@@ -88,7 +89,7 @@ export function readPidMax(): number {
  */
 export function loadPluginObject(
   plugin: AnyPlugin,
-  ctx: { options: unknown; buckets: MetricBuckets; optionalLabels: readonly string[] },
+  ctx: PluginContext<unknown>,
   loaded?: (ms: number) => void,
 ): BpfObject {
   const object = BpfObject.open(plugin.bpfObject, plugin.id.replaceAll("-", "_"));
@@ -133,7 +134,7 @@ export class PluginHost implements AsyncDisposable {
   readonly #reader: RingBufferReader;
   /** Cumulative counters of each aggregate key at the last read (by key hex). */
   readonly #aggregatesSeen = new Map<string, Float64Array>();
-  readonly #ctx: { options: unknown; buckets: MetricBuckets; optionalLabels: readonly string[] };
+  readonly #ctx: PluginContext<unknown>;
   #closed = false;
   #sweepTimer: ReturnType<typeof setInterval> | undefined;
 
@@ -148,11 +149,13 @@ export class PluginHost implements AsyncDisposable {
     log: Logger,
     sinks: PluginHostSinks,
     optionalLabels: readonly string[] = [],
+    /** One record per request is needed (traces): see PluginContext.perRequestEvents. */
+    perRequestEvents = false,
   ) {
     this.plugin = plugin;
     this.#log = log;
     this.#sinks = sinks;
-    const ctx = { options, buckets, optionalLabels };
+    const ctx = { options, buckets, optionalLabels, perRequestEvents };
     this.#ctx = ctx;
     // open -> set constants and sizes -> load (verifier) -> attach -> read
     this.#object = loadPluginObject(

@@ -57,9 +57,9 @@ export type Http1EngineOptions = z.infer<typeof engineOptions>;
 
 /** The engine's `const volatile` values for these options. */
 export function http1EngineConstants(
-  { options, buckets, optionalLabels }: PluginContext<Http1EngineOptions>,
+  { options, buckets, optionalLabels, perRequestEvents }: PluginContext<Http1EngineOptions>,
 ): Record<string, ConstantValue> {
-  const inKernel = options.aggregate_in_kernel && fitsInKernel(buckets);
+  const inKernel = options.aggregate_in_kernel && !perRequestEvents && fitsInKernel(buckets);
   return {
     request_timeout_ns: BigInt(Math.round(options.request_timeout * 1e6)),
     aggregate_in_kernel: inKernel,
@@ -123,6 +123,7 @@ export function http1Observation(e: HttpRequestEvent): RedObservation | undefine
     kind: client ? "http_client" : "http_server",
     pid: e.tgid,
     durationSeconds: e.durationNs / 1e9,
+    startNs: e.startNs,
     method: e.method,
     status: e.status,
     route: routes.route(e.path, (e.flags & HttpEventFlag.pathTruncated) !== 0),

@@ -131,6 +131,9 @@ const LIBC_SYMBOLS = {
   // int mount(const char *source, const char *target, const char *fstype,
   //           unsigned long mountflags, const void *data)
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
+  // int clock_gettime(clockid_t clockid, struct timespec *tp): CLOCK_MONOTONIC is the clock of
+  // bpf_ktime_get_ns(), which Deno does not expose.
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export type Libbpf = Deno.DynamicLibrary<typeof LIBBPF_SYMBOLS>["symbols"];
@@ -214,6 +217,41 @@ const ERRNO_NAMES: Record<number, [string, string]> = {
 };
 
 /** `ENOENT (No such file or directory)` for 2; `errno 1234` for what the table does not know. */
+const CLOCK_REALTIME = 0;
+const CLOCK_MONOTONIC = 1;
+const timespec = new BigInt64Array(2);
+const timespecBytes = new Uint8Array(timespec.buffer);
+
+function clockNs(clock: number): bigint {
+  check(libc().clock_gettime(clock, timespecBytes), "clock_gettime");
+  return timespec[0] * 1_000_000_000n + timespec[1];
+}
+
+/**
+ * Wall-clock time minus CLOCK_MONOTONIC, in nanoseconds: add it to a `bpf_ktime_get_ns()`
+ * timestamp to get Unix time. Read back to back, the smaller of three tries (the least
+ * preempted); NTP slews the wall clock, so callers refresh it now and then.
+ */
+export function monotonicToWallOffsetNs(): bigint {
+  let best: bigint | undefined;
+  let offset = 0n;
+  for (let i = 0; i < 3; i++) {
+    const a = clockNs(CLOCK_MONOTONIC);
+    const wall = clockNs(CLOCK_REALTIME);
+    const b = clockNs(CLOCK_MONOTONIC);
+    if (best === undefined || b - a < best) {
+      best = b - a;
+      offset = wall - (a + (b - a) / 2n);
+    }
+  }
+  return offset;
+}
+
+/** CLOCK_MONOTONIC now, in nanoseconds (the clock of `bpf_ktime_get_ns()`). */
+export function monotonicNs(): bigint {
+  return clockNs(CLOCK_MONOTONIC);
+}
+
 export function describeErrno(errno: number): string {
   const known = ERRNO_NAMES[errno];
   return known ? `${known[0]} (${known[1]})` : `errno ${errno}`;

@@ -48,6 +48,8 @@ export interface GoGrpcEvent {
   tgid: number;
   code: number;
   flags: number;
+  /** bpf_ktime_get_ns() at the call's start (the span's start when traces are on). */
+  startNs: bigint;
   durationNs: number;
   method: string;
 }
@@ -66,6 +68,7 @@ export function decodeGoGrpcEvent(bytes: Uint8Array): GoGrpcEvent {
     tgid: view.getUint32(OFFSET.tgid, true),
     code: view.getUint16(OFFSET.code, true),
     flags: bytes[OFFSET.flags],
+    startNs: view.getBigUint64(OFFSET.startNs, true),
     durationNs: Number(view.getBigUint64(OFFSET.durationNs, true)),
     method: strings.get(bytes, OFFSET.method, OFFSET.method + len),
   };

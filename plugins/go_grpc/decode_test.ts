@@ -41,6 +41,7 @@ Deno.test(
       tgid: 4242,
       code: 13,
       flags: GoGrpcFlag.noStatus,
+      startNs: 5n,
       durationNs: 1_500_000,
       method,
     });

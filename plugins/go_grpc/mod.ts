@@ -83,8 +83,8 @@ export default definePlugin<GoGrpcEvent, GoGrpcOptions>({
   description: "gRPC servers and clients in Go (grpc-go), from uprobes",
   bpfObject,
   optionsSchema: goGrpcOptions,
-  constants: ({ options, buckets }) => {
-    const inKernel = options.aggregate_in_kernel && fitsInKernel(buckets);
+  constants: ({ options, buckets, perRequestEvents }) => {
+    const inKernel = options.aggregate_in_kernel && !perRequestEvents && fitsInKernel(buckets);
     return { aggregate_in_kernel: inKernel, ...histogramConstants(buckets, inKernel) };
   },
   maxEntries: ({ options }) => ({ calls: options.max_in_flight }),
@@ -145,6 +145,7 @@ export default definePlugin<GoGrpcEvent, GoGrpcOptions>({
       kind: server ? "rpc_server" : "rpc_client",
       pid: e.tgid,
       durationSeconds: e.durationNs / 1e9,
+      startNs: e.startNs,
       rpcMethod: rpcMethodLabel(e.method, (e.flags & GoGrpcFlag.methodTruncated) !== 0),
       rpcSystem: "grpc",
       grpcStatusCode: e.code,

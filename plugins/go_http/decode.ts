@@ -60,6 +60,8 @@ export interface GoHttpEvent {
   tgid: number;
   status: number;
   flags: number;
+  /** bpf_ktime_get_ns() at the call's start (the span's start when traces are on). */
+  startNs: bigint;
   durationNs: number;
   /** Request body size from Content-Length; -1 when unknown (chunked). */
   contentLength: number;
@@ -89,6 +91,7 @@ export function decodeGoHttpEvent(bytes: Uint8Array): GoHttpEvent {
     status: view.getUint16(OFFSET.status, true),
     flags: view.getUint8(OFFSET.flags),
     // Durations below 2^53 ns (104 days) are exact as numbers.
+    startNs: view.getBigUint64(OFFSET.startNs, true),
     durationNs: Number(view.getBigUint64(OFFSET.durationNs, true)),
     contentLength: Number(view.getBigInt64(OFFSET.contentLength, true)),
     method: httpMethodLabel(method),

@@ -190,8 +190,8 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
   description: "Go net/http servers and clients (HTTP and HTTPS), from uprobes",
   bpfObject,
   optionsSchema: goHttpOptions,
-  constants: ({ options, buckets, optionalLabels }) => {
-    const inKernel = options.aggregate_in_kernel && fitsInKernel(buckets);
+  constants: ({ options, buckets, optionalLabels, perRequestEvents }) => {
+    const inKernel = options.aggregate_in_kernel && !perRequestEvents && fitsInKernel(buckets);
     return {
       aggregate_in_kernel: inKernel,
       ...histogramConstants(buckets, inKernel),
@@ -295,6 +295,7 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
       kind: server ? "http_server" : "http_client",
       pid: e.tgid,
       durationSeconds: e.durationNs / 1e9,
+      startNs: e.startNs,
       method: e.method,
       status: (e.flags & GoHttpFlag.noResponse) ? 0 : e.status,
       route: routes.route(e.path, (e.flags & GoHttpFlag.pathTruncated) !== 0),

@@ -47,6 +47,7 @@ Deno.test("kprobe-http toObservation() makes an http_server observation of a req
       kind: "http_server",
       pid: 777,
       durationSeconds: 0.02,
+      startNs: 5_000_000_000n,
       method: "POST",
       status: 201,
       route: "/api/items",

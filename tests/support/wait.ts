@@ -55,3 +55,14 @@ export async function portAccepts(port: number): Promise<boolean> {
     return false;
   }
 }
+
+/** Polls `probe` like {@linkcode pollUntil}, and throws "timed out waiting for <what>" if it never holds. */
+export async function waitFor(
+  probe: () => boolean | Promise<boolean>,
+  opts: { timeoutMs: number; what: string; intervalMs?: number; detail?: () => string },
+): Promise<void> {
+  if (!await pollUntil(probe, { intervalMs: 100, ...opts })) {
+    const detail = opts.detail ? `: ${opts.detail()}` : "";
+    throw new Error(`timed out after ${opts.timeoutMs} ms waiting for ${opts.what}${detail}`);
+  }
+}
