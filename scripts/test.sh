@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # curl, wrk and hey drive traffic; openssl makes the TLS tests' certificates; prometheus ships
 # promtool; strace checks syscalls.
 ensure_packages libbpf1 clang llvm libbpf-dev bpftool nginx python3 curl wrk hey golang-go \
-  golang-google-grpc-dev openssl prometheus strace
+  golang-google-grpc-dev openssl prometheus strace redis-server redis-tools python3-redis
 command -v node >/dev/null || ensure_packages nodejs
 # linux-perf only enables extra checks: try it, but never fail (or demand root) for it.
 if [[ $EUID -eq 0 ]]; then
