@@ -18,10 +18,9 @@
  *   buffered reads reach the blank line) the agent counts `GET 431`, else unmatched;
  * - a path beyond the 96-byte buffer is cut at its last whole segment (`/long/*`): one series
  *   however many distinct long URLs (`paths_truncated` counts each);
- * - KNOWN BUG (see the last test): a request head of more than 8 KiB arriving in ONE read
- *   (Node reads 64 KiB at a time) exceeds the per-syscall parse budget (32 windows of 256
- *   bytes): the request is not counted although the server answered it (200), only
- *   `parse_limit_reached` and `unmatched_responses` move.
+ * - a request head of up to 64 KiB arriving in ONE read (Node reads 64 KiB at a time) is
+ *   parsed whole (the per-syscall budget is 256 windows of 256 bytes; it was 8 KiB, and such
+ *   requests went uncounted: the last test).
  *
  * 100,000 distinct URLs against nginx (routes capped per service, every request counted) are
  * tests/e2e/routes_test.ts's; not repeated here.
@@ -271,10 +270,8 @@ Deno.test({
         }
         add(expected.of(server), "GET 404 /*", DISTINCT);
         await valid(server, expected);
-        // 10 KiB: beyond nginx's 8 KiB header buffers (414); Python and Node serve it (404).
-        // Python's is counted (`GET 404 /x/*`); Node's is only an unmatched response: the
-        // KNOWN BUG of the last test (a head over 8 KiB in one read), which the accounting
-        // below lets through as it stands.
+        // 10 KiB: beyond nginx's 8 KiB header buffers (414); Python and Node serve it (404),
+        // counted as `GET 404 /x/*`.
         hostiles.push(
           await hostile(server, "10 KiB URL", [
             bytes(`GET /x/${word(10 * 1024)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`),
@@ -578,16 +575,12 @@ Deno.test({
 });
 
 Deno.test({
-  // KNOWN BUG, reported (issue 7): a request head larger than the engine's per-syscall parse
-  // budget (MAX_IO_STEPS 32 x WINDOW 256 = 8 KiB, bpf/http1_engine.h), when the server reads
-  // it in ONE syscall (Node reads 64 KiB at a time; nginx and Python read at most 8 KiB), sends
-  // the request parser to ST_RESYNC (parse_limit_reached): the request is never published, and
-  // its 200 becomes an unmatched response. Heads of 8,160 bytes are counted, 8,260 are not.
-  // This test asserts the correct behaviour; run it with RUN_KNOWN_BUGS=1. Remove the
-  // condition below once fixed.
+  // A request head larger than the engine's old per-syscall parse budget (32 windows of 256
+  // bytes = 8 KiB, bpf/http1_engine.h), read by the server in ONE syscall (Node reads 64 KiB at
+  // a time; nginx and Python at most 8 KiB), sent the parser to ST_RESYNC: the request was
+  // never published and its 200 became an unmatched response. The budget is 64 KiB now.
   ...base,
-  ignore: base.ignore || !Deno.env.get("RUN_KNOWN_BUGS"),
-  name: "KNOWN BUG: a valid request whose 9 KiB head arrives in one read is counted",
+  name: "a valid request whose 9 KiB head arrives in one read is counted",
   async fn() {
     assertBpfAvailable();
     await using node = await startNode();
