@@ -83,6 +83,8 @@ export class Agent implements AsyncDisposable {
   /** http_route from the request paths (`routes` configuration). */
   readonly #routes: RouteMapper;
   #discovery: Discovery | undefined;
+  /** The host part of target_instance. */
+  readonly #host: string;
   #otlp: OtlpExport | undefined;
   #server: Deno.HttpServer<Deno.NetAddr> | undefined;
   #timer: ReturnType<typeof setInterval> | undefined;
@@ -92,6 +94,7 @@ export class Agent implements AsyncDisposable {
   private constructor(options: AgentOptions) {
     this.#config = options.config;
     this.#log = options.log;
+    this.#host = options.config.discovery.instance_host || Deno.hostname();
     const r = options.config.routes;
     this.#routes = new RouteMapper({
       patterns: r.patterns,
@@ -219,7 +222,7 @@ export class Agent implements AsyncDisposable {
         const reason = e instanceof BpfError ? e.code : "error";
         this.exporter.attachFailed(plugin.id, reason);
         const hint = e instanceof BpfError && (e.errno === 1 || e.errno === 13)
-          ? " (the agent needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: see `redprobe doctor`)"
+          ? " (the agent needs root, or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: see `redprobe doctor`)"
           : "";
         failures.push(`${plugin.id}: ${(e as Error).message}${hint}`);
         log.error(`plugin ${plugin.id} cannot start: ${(e as Error).message}${hint}`);
@@ -250,7 +253,7 @@ export class Agent implements AsyncDisposable {
 
     this.#discovery = new Discovery({
       selfPid: Deno.pid,
-      hostname: Deno.hostname(),
+      hostname: this.#host,
       defaultNamespace: config.discovery.service_namespace,
       selectExecutable: (exe, pid) => this.#hosts.some((h) => h.selectsExecutable(exe, pid)),
       select: config.discovery.select.map((s) => new Selector(s)),
@@ -397,7 +400,7 @@ export class Agent implements AsyncDisposable {
       this.exporter.dropped("agent", "unknown_process");
       return undefined;
     }
-    const labels = { ...identity, instance: `${Deno.hostname()}:${pid}` };
+    const labels = { ...identity, instance: `${this.#host}:${pid}` };
     this.#labels.set(pid, labels);
     // Not a target: its labels expire like those of a released one.
     this.#released.set(pid, Date.now());

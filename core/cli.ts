@@ -31,7 +31,7 @@ Usage: redprobe [run] [flags]       run the agent (until SIGINT or SIGTERM)
 
 With no configuration it instruments every process listening on a TCP port (except itself)
 and serves Prometheus metrics on http://0.0.0.0:9400/metrics. Needs root (or CAP_BPF,
-CAP_PERFMON and CAP_SYS_ADMIN).
+CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
 
 Flags:
   -c, --config FILE          YAML configuration merged over the embedded defaults

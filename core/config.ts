@@ -101,6 +101,7 @@ const configSchema = z.strictObject({
   discovery: z.strictObject({
     poll_interval: duration,
     service_namespace: z.string(),
+    instance_host: z.string(),
     series_ttl: duration,
     select: z.array(selector(true)),
     exclude: z.array(selector(false)),

@@ -9,12 +9,15 @@ Deno.test("privileges() reads the effective capabilities and names what is missi
   assert.equal(privileges(all).state, "ok");
   const none = privileges("CapEff:\t0000000000000000\n");
   assert.equal(none.state, "missing");
-  assert.match(none.detail, /CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN/);
-  // CAP_SYS_ADMIN (21) only.
+  assert.match(none.detail, /CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH/);
+  // CAP_SYS_ADMIN (21) only: not enough.
   assert.match(
     privileges("CapEff:\t0000000000200000\n").detail,
-    /CAP_BPF, CAP_PERFMON$|CAP_PERFMON \(/,
+    /grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH \(/,
   );
+  // The four the Kubernetes DaemonSet grants (2, 19, 38, 39), without CAP_SYS_ADMIN: enough.
+  const four = (1n << 2n) | (1n << 19n) | (1n << 38n) | (1n << 39n);
+  assert.equal(privileges(`CapEff:\t${four.toString(16).padStart(16, "0")}\n`).state, "ok");
 });
 
 Deno.test("formatDoctor: ok unless something needed is missing or failed", () => {

@@ -148,7 +148,10 @@ function targetFiles(target: TargetProcess): { path: string; plan: TlsProbePlan 
     if (LIBSSL.test(base) || m.path === target.exe) paths.add(m.path);
   }
   const out: { path: string; plan: TlsProbePlan }[] = [];
-  for (const path of paths) {
+  for (const mapped of paths) {
+    // The maps' paths are in the process's mount namespace: through its root they name the
+    // same file from the agent's (a container's files, from an agent in another container).
+    const path = `/proc/${target.pid}/root${mapped}`;
     const plan = plans.plan(path);
     if (plan) out.push({ path, plan });
   }

@@ -203,7 +203,8 @@ Deno.test({
 
 Deno.test({
   ...base,
-  name: "discovery.select and exclude choose the targets among real servers, and name them",
+  name:
+    "discovery.select and exclude choose the targets among real servers, and name them; instance_host names the host",
   async fn() {
     assertBpfAvailable();
     await using a = await startPython();
@@ -216,6 +217,8 @@ Deno.test({
           exclude: [{ ports: [b.port] }],
         },
       },
+      // As the Kubernetes DaemonSet sets it (the pod's own host name is not the node's).
+      env: { REDPROBE_DISCOVERY_INSTANCE_HOST: "node-7" },
     });
     await agent.waitForPid(a.pid);
     await agent.waitForPid(nginx.pid);
@@ -230,12 +233,12 @@ Deno.test({
     const samples = await agent.samples();
     const count = (pid: number) =>
       sumSamples(samples, "http_server_duration_seconds_count", {
-        target_instance: `${Deno.hostname()}:${pid}`,
+        target_instance: `node-7:${pid}`,
       });
     assert.equal(count(a.pid), 2);
     assert.equal(count(b.pid), 0, "excluded, though a selector matches it");
     const named = findSamples(samples, "http_server_duration_seconds_count", {
-      target_instance: `${Deno.hostname()}:${a.pid}`,
+      target_instance: `node-7:${a.pid}`,
     });
     assert.equal(named[0]?.labels.service_name, "chosen");
     assert.ok(!agent.logs().includes(`instrumenting pid ${b.pid} `));

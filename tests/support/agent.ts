@@ -35,14 +35,18 @@ export interface StartAgentOptions {
   entry?: string;
   /** Working directory of the agent (default: the test's). */
   cwd?: string;
+  /** A command that execs the agent (e.g. `["setpriv", "--bounding-set=..."]`). */
+  wrapper?: string[];
 }
 
 export async function startAgent(options: StartAgentOptions = {}): Promise<AgentHandle> {
   const port = freePort();
   const configFile = await Deno.makeTempFile({ prefix: "redprobe-test-", suffix: ".yaml" });
   await Deno.writeTextFile(configFile, JSON.stringify(options.config ?? {}));
-  const child = new Deno.Command(Deno.execPath(), {
+  const [command, ...prefix] = [...(options.wrapper ?? []), Deno.execPath()];
+  const child = new Deno.Command(command, {
     args: [
+      ...prefix,
       "run",
       "-A",
       "--quiet",
