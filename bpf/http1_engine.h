@@ -55,6 +55,9 @@ const volatile __u8 aggregate_in_kernel = 1;
 const volatile __u8 client_mode = 2;
 const volatile __u32 agent_tgid = 0;
 /* Whether client requests carry their peer (the server_address/server_port labels are on). */
+/* Which peers are recorded (labels that are off cost nothing): */
+#define PEER_SERVER 1 /* client side: server_address, server_port */
+#define PEER_CLIENT 2 /* server side: client_address */
 const volatile __u8 peer_labels = 0;
 
 /* The name (comm) of each process with client connections, for labels after it exits. */
@@ -1695,10 +1698,14 @@ static __always_inline struct http_conn *http_conn_create(struct http_conn_key *
 	return c;
 }
 
-/* A client connection's peer, from its socket, when the peer labels are on. */
+/*
+ * The connection's peer, from its socket, when its labels are on: a client connection's server
+ * (address and port) with PEER_SERVER, a server connection's client (address only: its port is
+ * ephemeral, a label value per connection) with PEER_CLIENT.
+ */
 static __always_inline void http_conn_set_peer(struct http_conn *c, struct sock *sk)
 {
-	if (!c->client || !peer_labels)
+	if (!(peer_labels & (c->client ? PEER_SERVER : PEER_CLIENT)))
 		return;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family == AF_INET) {
@@ -1706,7 +1713,8 @@ static __always_inline void http_conn_set_peer(struct http_conn *c, struct sock 
 	} else if (family == AF_INET6) {
 		BPF_CORE_READ_INTO(&c->peer.addr, sk, __sk_common.skc_v6_daddr);
 	}
-	c->peer.port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (c->client)
+		c->peer.port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	c->peer.family = family;
 }
 

@@ -13,7 +13,7 @@ import defaultYaml from "../config/default.yaml" with { type: "text" };
 import { parseDurationMs } from "../lib/duration.ts";
 import { LOG_FORMATS, LOG_LEVELS } from "./log.ts";
 import type { AnyPlugin } from "./plugin.ts";
-import { OPTIONAL_HTTP_CLIENT_LABELS } from "./exporter/red_metrics.ts";
+import { OPTIONAL_HTTP_LABELS } from "./exporter/red_metrics.ts";
 import { RoutePattern } from "../lib/route.ts";
 import { Selector } from "../lib/selectors.ts";
 
@@ -96,7 +96,7 @@ const configSchema = z.strictObject({
     duration_buckets: buckets,
     size_buckets: buckets,
     max_series_per_metric: z.number().int().min(1),
-    optional_labels: z.array(z.enum(OPTIONAL_HTTP_CLIENT_LABELS)),
+    optional_labels: z.array(z.enum(OPTIONAL_HTTP_LABELS)),
   }),
   discovery: z.strictObject({
     poll_interval: duration,

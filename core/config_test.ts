@@ -80,6 +80,7 @@ Deno.test("loadConfig() with no file gives the values config/default.yaml states
   assert.deepEqual(config.discovery, {
     poll_interval: parseDurationMs(file.discovery.poll_interval),
     service_namespace: file.discovery.service_namespace,
+    instance_host: "",
     series_ttl: parseDurationMs(file.discovery.series_ttl),
     select: [],
     exclude: [],
@@ -389,9 +390,9 @@ Deno.test("metrics.optional_labels takes the labels redprobe can add, and names 
   const config = load("metrics:\n  optional_labels: [server_port, server_address]\n");
   assert.deepEqual(config.metrics.optional_labels, ["server_port", "server_address"]);
   assertFileError(
-    "metrics:\n  optional_labels: [url_path]\n",
+    "metrics:\n  optional_labels: [http_target]\n",
     "metrics.optional_labels.0",
-    "server_address",
+    "client_address",
   );
 });
 

@@ -127,6 +127,8 @@ export type RedObservation =
     /** Client side: where the request went (labels `server_address`, `server_port` if on). */
     serverAddress?: string;
     serverPort?: number;
+    /** Server side: who sent the request (label `client_address` if on). */
+    clientAddress?: string;
   }
   | {
     kind: "rpc_server" | "rpc_client";
@@ -186,6 +188,7 @@ export type RedAggregate =
     /** As in RedObservation: the client side's peer. */
     serverAddress?: string;
     serverPort?: number;
+    clientAddress?: string;
   }
   | {
     kind: "rpc_server" | "rpc_client";
@@ -228,6 +231,16 @@ export interface PluginContext<Options> {
 /** Whether the exporter's optional labels include the client side's peer (server_address/port). */
 export function peerLabelsOn(optionalLabels: readonly string[] = []): boolean {
   return optionalLabels.some((l) => l === "server_address" || l === "server_port");
+}
+
+/**
+ * Which peers a connection-level plugin must record for the optional labels that are on: 1 the
+ * client side's server (`server_address`, `server_port`), 2 the server side's client
+ * (`client_address`). Off labels cost nothing.
+ */
+export function peerLabelBits(optionalLabels: readonly string[] = []): number {
+  return (peerLabelsOn(optionalLabels) ? 1 : 0) |
+    (optionalLabels.includes("client_address") ? 2 : 0);
 }
 
 /** The contract. `E` is the plugin's decoded event type, `O` its options type. */

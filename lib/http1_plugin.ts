@@ -18,7 +18,7 @@ import {
   type HttpRequestEvent,
 } from "./http1_records.ts";
 import { fitsInKernel, histogramConstants, histogramDelta } from "./red_histogram.ts";
-import { peerLabelsOn } from "../core/plugin.ts";
+import { peerLabelBits } from "../core/plugin.ts";
 import type { ConstantValue } from "../core/bpf/object.ts";
 
 const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -67,7 +67,7 @@ export function http1EngineConstants(
     client_mode: { off: 0, targets: 1, every_process: 2 }[options.clients],
     agent_tgid: Deno.pid,
     // The peer costs key space (series): recorded only when its labels are on.
-    peer_labels: peerLabelsOn(optionalLabels),
+    peer_labels: peerLabelBits(optionalLabels),
   };
 }
 
@@ -108,9 +108,7 @@ export const http1Aggregates = {
       ...histogramDelta(delta, buckets),
       // A client may be gone by now (curl): its name, recorded by the kernel, labels it.
       exe: client ? processName(lookup, key.tgid) : undefined,
-      ...(key.serverAddress
-        ? { serverAddress: key.serverAddress, serverPort: key.serverPort }
-        : {}),
+      ...peerOf(client, key.serverAddress, key.serverPort),
     };
   },
 };
@@ -130,6 +128,16 @@ export function http1Observation(e: HttpRequestEvent): RedObservation | undefine
     path: e.path,
     pathTruncated: (e.flags & HttpEventFlag.pathTruncated) !== 0,
     requestSizeBytes: e.bodySize,
-    ...(e.serverAddress ? { serverAddress: e.serverAddress, serverPort: e.serverPort } : {}),
+    ...peerOf(client, e.serverAddress, e.serverPort),
   };
+}
+
+/** The recorded peer: the server a client sent to, or the client a server answered. */
+function peerOf(
+  client: boolean,
+  address: string | undefined,
+  port: number | undefined,
+): { serverAddress?: string; serverPort?: number; clientAddress?: string } {
+  if (!address) return {};
+  return client ? { serverAddress: address, serverPort: port } : { clientAddress: address };
 }

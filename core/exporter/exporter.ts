@@ -14,8 +14,9 @@ import {
   HTTP_LABELS,
   METRIC_NAMES,
   type MetricNaming,
-  OPTIONAL_HTTP_CLIENT_LABELS,
-  type OptionalHttpClientLabel,
+  OPTIONAL_CLIENT_LABELS,
+  OPTIONAL_SERVER_LABELS,
+  type OptionalHttpLabel,
   RPC_LABELS,
   type Series,
 } from "./red_metrics.ts";
@@ -34,7 +35,7 @@ export interface ExporterOptions {
   /** Hard cap on label sets per metric family. */
   maxSeriesPerMetric?: number;
   /** Optional labels to add to the HTTP client families (off by default: cardinality). */
-  optionalLabels?: readonly OptionalHttpClientLabel[];
+  optionalLabels?: readonly OptionalHttpLabel[];
 }
 
 /** Where plugin hosts' counters are read from at scrape time. */
@@ -49,6 +50,13 @@ export interface PluginStatsSource {
 }
 
 const SEP = "\u0001";
+
+/** The url_path label: the path without its query or fragment (they never reach a label). */
+function urlPath(path: string | undefined): string {
+  if (path === undefined) return "";
+  const end = path.search(/[?#]/);
+  return end < 0 ? path : path.slice(0, end);
+}
 
 /** Why the agent drops a plugin's record (redprobe_events_dropped_total{reason}). */
 export const PLUGIN_DROP_REASONS = ["decode_error", "aggregate_decode_error", "ignored"] as const;
@@ -79,7 +87,9 @@ export class RedExporter {
   readonly #skipped: client.Counter<"plugin" | "reason">;
   readonly #routesIgnored: client.Counter<"service_name">;
   readonly #routeOverflow: client.Counter<"service_name">;
-  readonly #peerLabels: OptionalHttpClientLabel[];
+  /** The optional labels on, per side, in a fixed order. */
+  readonly #serverExtra: OptionalHttpLabel[];
+  readonly #clientExtra: OptionalHttpLabel[];
   #discovered = 0;
 
   constructor(options: ExporterOptions = {}) {
@@ -89,17 +99,19 @@ export class RedExporter {
     const maxSeries = options.maxSeriesPerMetric ?? 10_000;
     const family = (name: string, help: string, labelNames: readonly string[], buckets: number[]) =>
       new HistogramFamily({ name, help, labelNames, buckets, maxSeries });
+    // In a fixed order, whatever order the configuration lists them in.
+    const on = (side: readonly OptionalHttpLabel[]) =>
+      side.filter((l) => options.optionalLabels?.includes(l));
+    this.#serverExtra = on(OPTIONAL_SERVER_LABELS);
+    this.#clientExtra = on(OPTIONAL_CLIENT_LABELS);
+    const serverLabels = [...HTTP_LABELS, ...this.#serverExtra];
+    const clientLabels = [...HTTP_LABELS, ...this.#clientExtra];
     this.httpServerDuration = family(
       names.httpServerDuration,
       "Duration of HTTP requests served, in seconds",
-      HTTP_LABELS,
+      serverLabels,
       durations,
     );
-    // In a fixed order, whatever order the configuration lists them in.
-    this.#peerLabels = OPTIONAL_HTTP_CLIENT_LABELS.filter((l) =>
-      options.optionalLabels?.includes(l)
-    );
-    const clientLabels = [...HTTP_LABELS, ...this.#peerLabels];
     this.httpClientDuration = family(
       names.httpClientDuration,
       "Duration of HTTP requests made, in seconds",
@@ -109,7 +121,7 @@ export class RedExporter {
     this.httpServerRequestSize = family(
       names.httpServerRequestSize,
       "Size of the bodies of HTTP requests served, in bytes",
-      HTTP_LABELS,
+      serverLabels,
       sizes,
     );
     this.httpClientRequestSize = family(
@@ -264,21 +276,24 @@ export class RedExporter {
     route: string,
     method: string,
     status: number,
-    peer: { serverAddress?: string; serverPort?: number },
+    peer: { serverAddress?: string; serverPort?: number; clientAddress?: string; path?: string },
   ): HttpCell | undefined {
     const byTarget = server ? this.#httpServerCells : this.#httpClientCells;
-    // With peer labels on, the peer is part of the label set: it rides on the route's key.
-    const peerLabels: Record<string, string> = {};
-    if (!server) {
-      for (const name of this.#peerLabels) {
-        peerLabels[name] = name === "server_address"
-          ? peer.serverAddress ?? ""
-          : peer.serverPort
-          ? String(peer.serverPort)
-          : "";
-      }
+    // With optional labels on, their values are part of the label set: they ride on the
+    // route's key.
+    const extra: Record<string, string> = {};
+    for (const name of server ? this.#serverExtra : this.#clientExtra) {
+      extra[name] = name === "url_path"
+        ? urlPath(peer.path)
+        : name === "client_address"
+        ? peer.clientAddress ?? ""
+        : name === "server_address"
+        ? peer.serverAddress ?? ""
+        : peer.serverPort
+        ? String(peer.serverPort)
+        : "";
     }
-    const peerKey = Object.values(peerLabels).join(SEP);
+    const peerKey = Object.values(extra).join(SEP);
     const routeKey = peerKey ? route + SEP + peerKey : route;
     const cached = byTarget.get(target)?.get(routeKey)?.get(method)?.get(status);
     if (cached) return cached;
@@ -298,7 +313,7 @@ export class RedExporter {
       http_request_method: method,
       http_response_status_code: String(status),
       http_route: route,
-      ...peerLabels,
+      ...extra,
     });
     const durationFamily = server ? this.httpServerDuration : this.httpClientDuration;
     const sizeFamily = server ? this.httpServerRequestSize : this.httpClientRequestSize;

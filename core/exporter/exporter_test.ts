@@ -475,3 +475,21 @@ Deno.test("RedExporter records database calls in db_client_duration_seconds", as
   );
   assert.equal(counts[0].labels.service_name, TARGET.serviceName);
 });
+
+Deno.test("optional labels: url_path (no query) on both sides, client_address on servers only", async () => {
+  const e = new RedExporter({ optionalLabels: ["url_path", "client_address", "server_port"] });
+  e.observe(httpServer({ path: "/users/7?token=x", clientAddress: "10.1.2.3" }), TARGET);
+  e.observe(
+    httpServer({ kind: "http_client", path: "/a#frag", serverAddress: "h", serverPort: 81 }),
+    TARGET,
+  );
+  const all = await samples(e);
+  const [server] = find(all, "http_server_duration_seconds_count");
+  assert.equal(server.labels.url_path, "/users/7");
+  assert.equal(server.labels.client_address, "10.1.2.3");
+  assert.ok(!("server_port" in server.labels));
+  const [client] = find(all, "http_client_duration_seconds_count");
+  assert.equal(client.labels.url_path, "/a");
+  assert.equal(client.labels.server_port, "81");
+  assert.ok(!("client_address" in client.labels) && !("server_address" in client.labels));
+});

@@ -88,6 +88,8 @@ const LABEL_ATTRIBUTES: Record<string, [string, boolean]> = {
   http_request_method: ["http.request.method", false],
   http_response_status_code: ["http.response.status_code", true],
   http_route: ["http.route", false],
+  url_path: ["url.path", false],
+  client_address: ["client.address", false],
   server_address: ["server.address", false],
   server_port: ["server.port", true],
   rpc_method: ["rpc.method", false],
@@ -229,6 +231,7 @@ export function spanShape(
     if (server) labels.http_route = o.route;
     if (o.serverAddress) labels.server_address = o.serverAddress;
     if (o.serverPort) labels.server_port = String(o.serverPort);
+    if (o.clientAddress) labels.client_address = o.clientAddress;
     const attributes = labelsToAttributes(labels, server ? "server" : "client");
     // The path, never its query (it may hold secrets); spans have no cardinality limit.
     if (o.path !== undefined) attributes["url.path"] = o.path.split(/[?#]/)[0];

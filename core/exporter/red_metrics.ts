@@ -64,11 +64,24 @@ export const HTTP_LABELS = [
   "http_route",
 ] as const;
 /**
- * Labels that are off by default (cardinality) and switched on by `metrics.optional_labels`;
- * today the client side's peer: who the request was sent to.
+ * Labels that are off by default (cardinality) and switched on by `metrics.optional_labels`:
+ * `url_path` (both sides: the path without its query), `client_address` (server side: who sent
+ * the request), `server_address` and `server_port` (client side: where it was sent).
  */
-export const OPTIONAL_HTTP_CLIENT_LABELS = ["server_address", "server_port"] as const;
-export type OptionalHttpClientLabel = typeof OPTIONAL_HTTP_CLIENT_LABELS[number];
+export const OPTIONAL_HTTP_LABELS = [
+  "url_path",
+  "client_address",
+  "server_address",
+  "server_port",
+] as const;
+export type OptionalHttpLabel = typeof OPTIONAL_HTTP_LABELS[number];
+/** Which optional labels each side's families can have. */
+export const OPTIONAL_SERVER_LABELS: readonly OptionalHttpLabel[] = ["url_path", "client_address"];
+export const OPTIONAL_CLIENT_LABELS: readonly OptionalHttpLabel[] = [
+  "url_path",
+  "server_address",
+  "server_port",
+];
 
 export const RPC_LABELS = [
   ...TARGET_LABELS,

@@ -33,12 +33,13 @@ Deno.test("tls-uprobe sets the engine's constants from its options", () => {
   const constants = plugin.constants!({
     options: tlsUprobeOptions.parse({ request_timeout: "2s", clients: "targets" }),
     buckets: BUCKETS,
-    optionalLabels: ["server_port"],
+    optionalLabels: ["server_port", "client_address"],
   });
   assert.equal(constants.request_timeout_ns, 2_000_000_000n);
   assert.equal(constants.client_mode, 1);
   assert.equal(constants.agent_tgid, Deno.pid);
-  assert.equal(constants.peer_labels, true);
+  // Bit 1: the client side's server; bit 2: the server side's client.
+  assert.equal(constants.peer_labels, 3);
 });
 
 Deno.test("TLS_KERNEL_COUNTERS names the engine's counters, then enum tls_stat in order", async () => {

@@ -125,8 +125,19 @@ static __always_inline void note_socket(struct sock *sk)
 		BPF_CORE_READ_INTO(&call->peer.addr, sk, __sk_common.skc_v6_daddr);
 	else
 		return;
+	/* A client's port is ephemeral: recorded for the client side's server only. */
 	call->peer.port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	call->peer.family = family;
+}
+
+/* The peer the call's socket gave, as far as the connection's side has its labels on. */
+static __always_inline void take_peer(struct http_conn *c, const struct http_peer *peer)
+{
+	if (!(peer_labels & (c->client ? PEER_SERVER : PEER_CLIENT)))
+		return;
+	c->peer = *peer;
+	if (!c->client)
+		c->peer.port = 0;
 }
 
 SEC("tp_btf/sock_recv_length")
@@ -174,8 +185,8 @@ static __always_inline struct http_conn *link_socket(struct http_conn *c, struct
 		return NULL;
 	}
 	c->sock = call->sock;
-	if (c->client && !c->peer.family)
-		c->peer = call->peer;
+	if (!c->peer.family)
+		take_peer(c, &call->peer);
 	bpf_map_update_elem(&tls_socks, &call->sock, key, BPF_ANY);
 	return c;
 }
@@ -230,8 +241,7 @@ int tls_exit(struct pt_regs *ctx)
 			return 0;
 		if (call.sock) {
 			c->sock = call.sock;
-			if (send)
-				c->peer = call.peer;
+			take_peer(c, &call.peer);
 			bpf_map_update_elem(&tls_socks, &call.sock, &key, BPF_ANY);
 		} else {
 			redprobe_count(TLS_STAT_NO_SOCKET);

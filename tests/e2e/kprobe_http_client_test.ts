@@ -178,19 +178,29 @@ Deno.test({
 });
 
 Deno.test({
-  name: "with optional_labels, client requests carry server_address and server_port",
+  name:
+    "with optional_labels, client requests carry server_address and server_port, servers client_address, both url_path",
   ignore: skipBpf(),
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
     assertBpfAvailable();
     await using agent = await startAgent({
-      config: { metrics: { optional_labels: ["server_address", "server_port"] } },
+      config: {
+        metrics: {
+          optional_labels: ["server_address", "server_port", "client_address", "url_path"],
+        },
+      },
     });
     await using a = await startPython();
     await using b = await startPython();
+    await agent.waitForPid(a.pid);
+    await agent.waitForPid(b.pid);
     const curl = await runClient("curl", [
       "-s",
+      // From another loopback address: client_address must be the client's, not the server's.
+      "--interface",
+      "127.0.0.2",
       ...[a, a, a, b].flatMap((s) => ["-o", "/dev/null", `${s.baseUrl}/hello`]),
     ]);
     const samples = findSamples(
@@ -202,5 +212,15 @@ Deno.test({
       samples.map((s) => [`${s.labels.server_address}:${s.labels.server_port}`, s.value]),
     );
     assert.deepEqual(byPeer, { [`127.0.0.1:${a.port}`]: 3, [`127.0.0.1:${b.port}`]: 1 });
+    assert.ok(samples.every((s) => s.labels.url_path === "/hello"));
+    // The servers' side: who sent the requests, and the path (the query never).
+    const all = await agent.samples();
+    for (const [server, n] of [[a, 3], [b, 1]] as const) {
+      const served = findSamples(all, "http_server_duration_seconds_count", instance(server.pid));
+      assert.deepEqual(
+        served.map((s) => [s.labels.client_address, s.labels.url_path, s.value]),
+        [["127.0.0.2", "/hello", n]],
+      );
+    }
   },
 });
