@@ -49,6 +49,12 @@ function moduleLabel(specifier: string): string {
   return specifier.split("/").slice(-2).join("/");
 }
 
+/**
+ * `discovery.exclude_telemetry`: the OpenTelemetry Collector (otelcol, otelcol-contrib,
+ * otelcol-k8s, ...) and Prometheus, whose traffic is the telemetry itself.
+ */
+const TELEMETRY_EXECUTABLES = [{ exe: "*/otelcol*" }, { exe: "*/prometheus" }];
+
 /** How long an exited process's labels are kept, for events still in flight (close flushes). */
 const RELEASED_LABELS_TTL_MS = 60_000;
 
@@ -257,7 +263,10 @@ export class Agent implements AsyncDisposable {
       defaultNamespace: config.discovery.service_namespace,
       selectExecutable: (exe, pid) => this.#hosts.some((h) => h.selectsExecutable(exe, pid)),
       select: config.discovery.select.map((s) => new Selector(s)),
-      exclude: config.discovery.exclude.map((s) => new Selector(s)),
+      exclude: [
+        ...config.discovery.exclude,
+        ...(config.discovery.exclude_telemetry ? TELEMETRY_EXECUTABLES : []),
+      ].map((s) => new Selector(s)),
     }, options.procFs);
     log.info(`plugins running: ${this.#hosts.map((h) => h.plugin.id).join(", ")}`);
     this.#poll();
@@ -285,6 +294,14 @@ export class Agent implements AsyncDisposable {
       for (const host of this.#hosts) host.remove(target.pid);
       this.#released.set(target.pid, Date.now());
       this.#log.info(`released pid ${target.pid} (${target.serviceName})`);
+    }
+    for (const pid of change.excluded ?? []) {
+      // Never instrumented: not as a client either (kprobe-http's every_process clients).
+      for (const host of this.#hosts) host.excludeClients(pid);
+      this.#log.info(`leaving pid ${pid} alone: discovery.exclude names it`);
+    }
+    for (const pid of change.unexcluded ?? []) {
+      for (const host of this.#hosts) host.remove(pid);
     }
     for (const target of change.added) {
       this.#released.delete(target.pid);

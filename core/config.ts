@@ -105,6 +105,7 @@ const configSchema = z.strictObject({
     series_ttl: duration,
     select: z.array(selector(true)),
     exclude: z.array(selector(false)),
+    exclude_telemetry: z.boolean(),
   }),
   routes: z.strictObject({
     patterns: z.array(routePattern),

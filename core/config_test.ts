@@ -84,6 +84,7 @@ Deno.test("loadConfig() with no file gives the values config/default.yaml states
     series_ttl: parseDurationMs(file.discovery.series_ttl),
     select: [],
     exclude: [],
+    exclude_telemetry: false,
   });
   assert.deepEqual([...config.plugins.keys()], Object.keys(file.plugins));
   const http = file.plugins["kprobe-http"];

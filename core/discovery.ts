@@ -114,6 +114,13 @@ export interface DiscoveryOptions {
 export interface DiscoveryChange {
   added: TargetProcess[];
   removed: TargetProcess[];
+  /**
+   * Processes that would be targets but `exclude` names: the agent makes the plugins leave
+   * their client traffic alone too. Reported once; `unexcluded` when they are gone. Present
+   * only when not empty.
+   */
+  excluded?: number[];
+  unexcluded?: number[];
 }
 
 interface Seen {
@@ -147,6 +154,8 @@ export class Discovery {
   readonly #options: DiscoveryOptions;
   readonly #targets = new Map<number, TargetProcess>();
   readonly #seen = new Map<number, Seen>();
+  /** Pids an exclude selector matched (reported in `excluded`). */
+  readonly #excluded = new Set<number>();
   #listenKey = "";
   #polls = 0;
   #listening = new Map<number, number>();
@@ -179,8 +188,11 @@ export class Discovery {
     const listed = new Set(fs.readDir("/proc").filter((n) => /^\d+$/.test(n)).map(Number));
 
     const removed: TargetProcess[] = [];
+    const excluded: number[] = [];
+    const unexcluded: number[] = [];
     const forget = (pid: number) => {
       this.#seen.delete(pid);
+      if (this.#excluded.delete(pid)) unexcluded.push(pid);
       const target = this.#targets.get(pid);
       if (target) {
         this.#targets.delete(pid);
@@ -231,7 +243,10 @@ export class Discovery {
         const inode = socketInode(fs.readLink(`/proc/${pid}/fd/${fd}`) ?? "");
         if (inode !== undefined && listening.has(inode)) seen.inodes.add(inode);
       }
-      if (seen.inodes.size > 0 && !seen.selected && !this.#targets.has(pid)) candidates.push(pid);
+      if (
+        seen.inodes.size > 0 && !seen.selected && !this.#targets.has(pid) &&
+        !this.#excluded.has(pid)
+      ) candidates.push(pid);
     };
     for (const [pid, seen] of fresh) this.#seen.set(pid, seen);
     for (const [pid, seen] of this.#seen) {
@@ -259,6 +274,11 @@ export class Discovery {
     const added: TargetProcess[] = [];
     for (const pid of candidates) {
       const chosen = this.#chosen(pid, listening);
+      if (chosen === "excluded") {
+        this.#excluded.add(pid);
+        excluded.push(pid);
+        continue;
+      }
       if (!chosen) continue;
       const target = this.#describe(pid, listening, chosen.name);
       if (!target) continue;
@@ -266,7 +286,12 @@ export class Discovery {
       this.#targets.set(pid, target);
       added.push(target);
     }
-    return { added, removed };
+    return {
+      added,
+      removed,
+      ...(excluded.length ? { excluded } : {}),
+      ...(unexcluded.length ? { unexcluded } : {}),
+    };
   }
 
   /** inode -> port of the listening TCP sockets of every network namespace in use. */
@@ -300,9 +325,12 @@ export class Discovery {
 
   /**
    * Whether the configured selectors let `pid` be a target, and under which selector's name:
-   * undefined when an exclude matches it, or when there are selectors and none matches.
+   * "excluded" when an exclude matches it, undefined when there are selectors and none matches.
    */
-  #chosen(pid: number, listening: Map<number, number>): { name?: string } | undefined {
+  #chosen(
+    pid: number,
+    listening: Map<number, number>,
+  ): { name?: string } | "excluded" | undefined {
     const { select = [], exclude = [] } = this.#options;
     if (select.length === 0 && exclude.length === 0) return {};
     const link = this.#fs.readLink(`/proc/${pid}/exe`);
@@ -310,7 +338,7 @@ export class Discovery {
     if (!link || !seen) return undefined;
     const ports = [...seen.inodes].map((i) => listening.get(i)!);
     const facts = this.#facts(pid, exePath(link), ports);
-    if (exclude.some((s) => s.matches(facts))) return undefined;
+    if (exclude.some((s) => s.matches(facts))) return "excluded";
     if (select.length === 0) return {};
     const match = select.find((s) => s.matches(facts));
     return match ? { name: match.name } : undefined;

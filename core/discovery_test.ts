@@ -632,3 +632,17 @@ Deno.test("discovery.exclude: never a target, whatever selects it", () => {
   });
   assert.deepEqual(pids(d.poll().added), [700]);
 });
+
+Deno.test("discovery.exclude: an excluded process is reported once, and again when it is gone", () => {
+  const fs = selectorsHost();
+  const d = discovery(fs, { exclude: [new Selector({ cmdline: "http\\.server" })] });
+  const first = d.poll();
+  assert.equal(first.excluded?.length, 1);
+  const [pid] = first.excluded!;
+  assert.ok(!pids(first.added).includes(pid));
+  assert.equal(d.poll().excluded, undefined, "reported once");
+  fs.exit(pid);
+  const gone = d.poll();
+  assert.deepEqual(gone.unexcluded, [pid]);
+  assert.deepEqual(gone.removed, [], "it never was a target");
+});

@@ -9,7 +9,9 @@ import { dirname, fromFileUrl, join } from "../support/paths.ts";
 import { startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
-import { sendRequests, startNginx, startPython } from "../support/mod.ts";
+import { freePort, sendRequests, startNginx, startPython } from "../support/mod.ts";
+import { ManagedProcess } from "../support/managed_process.ts";
+import { pollUntil } from "../support/wait.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 /** The programs of the default plugins (kprobe-http, tls-uprobe, go-http, go-grpc), at start. */
@@ -242,5 +244,65 @@ Deno.test({
     });
     assert.equal(named[0]?.labels.service_name, "chosen");
     assert.ok(!agent.logs().includes(`instrumenting pid ${b.pid} `));
+  },
+});
+
+Deno.test({
+  ...base,
+  name: "discovery.exclude_telemetry leaves Prometheus alone, as a server and as a client",
+  async fn() {
+    assertBpfAvailable();
+    await using python = await startPython();
+    await using agent = await startAgent({ config: { discovery: { exclude_telemetry: true } } });
+    await agent.waitForPid(python.pid);
+    const dir = await Deno.makeTempDir({ prefix: "redprobe-prometheus-" });
+    const port = freePort();
+    await Deno.writeTextFile(
+      `${dir}/prometheus.yml`,
+      [
+        "global: { scrape_interval: 1s, scrape_timeout: 900ms }",
+        "scrape_configs:",
+        "  - job_name: python",
+        "    metrics_path: /hello",
+        `    static_configs: [{ targets: ["127.0.0.1:${python.port}"] }]`,
+      ].join("\n"),
+    );
+    const prometheus = new ManagedProcess("/usr/bin/prometheus", [
+      `--config.file=${dir}/prometheus.yml`,
+      `--storage.tsdb.path=${dir}/data`,
+      `--web.listen-address=127.0.0.1:${port}`,
+    ]);
+    try {
+      await pollUntil(
+        () => agent.logs().includes(`leaving pid ${prometheus.pid} alone: discovery.exclude`),
+        { timeoutMs: 10_000 },
+      );
+      assert.match(agent.logs(), new RegExp(`leaving pid ${prometheus.pid} alone`));
+      // Its scrapes reach the Python server (counted there), and its API answers.
+      const scraped = await pollUntil(
+        async () =>
+          sumSamples(await agent.samples(), "http_server_duration_seconds_count", {
+            target_instance: `${Deno.hostname()}:${python.pid}`,
+          }) >= 2,
+        { timeoutMs: 15_000, intervalMs: 200 },
+      );
+      assert.ok(scraped, `no scrape counted at the Python server: ${prometheus.stderr}`);
+      for (let i = 0; i < 3; i++) {
+        await (await fetch(`http://127.0.0.1:${port}/api/v1/query?query=up`)).text();
+      }
+    } finally {
+      await prometheus.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+    const samples = await agent.samples();
+    const ofPrometheus = samples.filter((s) =>
+      s.labels.service_name === "prometheus" && s.name.endsWith("_count")
+    );
+    assert.deepEqual(
+      ofPrometheus.map((s) => s.name),
+      [],
+      "prometheus is neither server nor client",
+    );
+    assert.ok(!agent.logs().includes(`instrumenting pid ${prometheus.pid} `));
   },
 });
