@@ -6,6 +6,7 @@
  */
 import type { AgentConfig } from "./config.ts";
 import { Discovery, type ProcFs } from "./discovery.ts";
+import { privileges } from "./doctor.ts";
 import { RedExporter, type TargetLabels } from "./exporter/exporter.ts";
 import { serveMetrics } from "./exporter/server.ts";
 import { BpfError, monotonicToWallOffsetNs, setLibbpfLogSink } from "./ffi/libbpf.ts";
@@ -177,6 +178,11 @@ export class Agent implements AsyncDisposable {
     if (perRequestEvents) {
       log.info("traces on: the plugins send one record per request (no in-kernel histograms)");
     }
+
+    // Without CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH discovery cannot read other users'
+    // processes' /proc files and finds nothing; say so rather than stay silent.
+    const privileged = privileges();
+    if (privileged.state === "missing") log.warn(`privileges: ${privileged.detail}`);
 
     setLibbpfLogSink((level, line) => {
       if (level === "warn") log.warn(`libbpf: ${line}`);

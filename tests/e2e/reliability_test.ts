@@ -152,6 +152,7 @@ Deno.test({
     const logs = new TextDecoder().decode(run.stderr);
     assert.equal(run.code, 1, logs);
     assert.match(logs, /No plugin could start/);
+    assert.match(logs, /WARN +privileges: run as root, or grant CAP_BPF, CAP_PERFMON \(/);
     assert.match(
       logs,
       /needs root, or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH/,
