@@ -9,8 +9,8 @@ import { dirname, fromFileUrl, join } from "../support/paths.ts";
 import { startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
-import { freePort, sendRequests, startNginx, startPython } from "../support/mod.ts";
-import { ManagedProcess } from "../support/managed_process.ts";
+import { sendRequests, startNginx, startPython } from "../support/mod.ts";
+import { startPrometheus } from "../support/prometheus.ts";
 import { pollUntil } from "../support/wait.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
@@ -255,23 +255,11 @@ Deno.test({
     await using python = await startPython();
     await using agent = await startAgent({ config: { discovery: { exclude_telemetry: true } } });
     await agent.waitForPid(python.pid);
-    const dir = await Deno.makeTempDir({ prefix: "redprobe-prometheus-" });
-    const port = freePort();
-    await Deno.writeTextFile(
-      `${dir}/prometheus.yml`,
-      [
-        "global: { scrape_interval: 1s, scrape_timeout: 900ms }",
-        "scrape_configs:",
-        "  - job_name: python",
-        "    metrics_path: /hello",
-        `    static_configs: [{ targets: ["127.0.0.1:${python.port}"] }]`,
-      ].join("\n"),
-    );
-    const prometheus = new ManagedProcess("/usr/bin/prometheus", [
-      `--config.file=${dir}/prometheus.yml`,
-      `--storage.tsdb.path=${dir}/data`,
-      `--web.listen-address=127.0.0.1:${port}`,
-    ]);
+    const prometheus = await startPrometheus({
+      target: `127.0.0.1:${python.port}`,
+      metricsPath: "/hello",
+      job: "python",
+    });
     try {
       await pollUntil(
         () => agent.logs().includes(`leaving pid ${prometheus.pid} alone: discovery.exclude`),
@@ -286,13 +274,12 @@ Deno.test({
           }) >= 2,
         { timeoutMs: 15_000, intervalMs: 200 },
       );
-      assert.ok(scraped, `no scrape counted at the Python server: ${prometheus.stderr}`);
+      assert.ok(scraped, `no scrape counted at the Python server: ${prometheus.stderr()}`);
       for (let i = 0; i < 3; i++) {
-        await (await fetch(`http://127.0.0.1:${port}/api/v1/query?query=up`)).text();
+        await (await fetch(`${prometheus.api}/api/v1/query?query=up`)).text();
       }
     } finally {
       await prometheus.stop();
-      await Deno.remove(dir, { recursive: true });
     }
     const samples = await agent.samples();
     const ofPrometheus = samples.filter((s) =>

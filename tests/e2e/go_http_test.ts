@@ -18,6 +18,7 @@ import { countsByRequest, findSamples, sumSamples } from "../support/prom_text.t
 import { runGoClient, startGoServer } from "../support/go_programs.ts";
 import { npmBinary } from "../support/npm_binaries.ts";
 import { ManagedProcess } from "../support/managed_process.ts";
+import { startPrometheus } from "../support/prometheus.ts";
 import { freePort } from "../support/ports.ts";
 import { pollUntil } from "../support/wait.ts";
 import { promtoolCheck } from "../support/tools.ts";
@@ -215,26 +216,13 @@ Deno.test({
     await t.step("Debian's prometheus: its API served, its scrapes made", async () => {
       await using target = await startGoServer({ stripped: true });
       await waitForGoHttp(agent, target.pid);
-      const dir = await Deno.makeTempDir({ prefix: "redprobe-prometheus-" });
-      const port = freePort();
-      await Deno.writeTextFile(
-        `${dir}/prometheus.yml`,
-        [
-          "global: { scrape_interval: 1s, scrape_timeout: 900ms }",
-          "scrape_configs:",
-          "  - job_name: fixture",
-          "    metrics_path: /scrape",
-          `    static_configs: [{ targets: ["127.0.0.1:${target.port}"] }]`,
-        ].join("\n"),
-      );
-      const prometheus = new ManagedProcess("/usr/bin/prometheus", [
-        `--config.file=${dir}/prometheus.yml`,
-        `--storage.tsdb.path=${dir}/data`,
-        `--web.listen-address=127.0.0.1:${port}`,
-      ]);
+      const prometheus = await startPrometheus({
+        target: `127.0.0.1:${target.port}`,
+        metricsPath: "/scrape",
+      });
       try {
         await waitForGoHttp(agent, prometheus.pid);
-        const api = `http://127.0.0.1:${port}`;
+        const api = prometheus.api;
         const up = await pollUntil(async () => {
           try {
             return (await fetch(`${api}/-/ready`).then((r) => r.text())).length > 0;
@@ -242,7 +230,7 @@ Deno.test({
             return false;
           }
         }, { timeoutMs: 20_000, intervalMs: 200 });
-        assert.ok(up, `prometheus did not start: ${prometheus.stderr}`);
+        assert.ok(up, `prometheus did not start: ${prometheus.stderr()}`);
         // Requests during start-up (/-/ready) are counted too: only the routes below are compared.
         for (let i = 0; i < 6; i++) {
           await (await fetch(`${api}/api/v1/query?query=up`)).text();
@@ -269,7 +257,6 @@ Deno.test({
         target_instance: instanceOf(prometheus.pid),
       });
       assert.deepEqual(client, { "GET 404 /scrape": scrapes });
-      await Deno.remove(dir, { recursive: true });
     });
 
     await t.step("esbuild --serve (Go 1.26, stripped, no .go.buildinfo)", async () => {
