@@ -291,6 +291,7 @@ export class PluginHost implements AsyncDisposable {
   /** Starts instrumenting `target`. Returns false (counted, logged) when that failed. */
   add(target: TargetProcess): boolean {
     if (this.#closed || this.#targetLinks.has(target.pid)) return true;
+    const started = performance.now();
     const links: BpfLink[] = [];
     const shares: string[] = [];
     try {
@@ -329,6 +330,11 @@ export class PluginHost implements AsyncDisposable {
     this.#targetLinks.set(target.pid, links);
     if (shares.length > 0) this.#targetShares.set(target.pid, shares);
     this.stats.instrumented = this.#targetLinks.size;
+    this.#log.debug(
+      `${this.plugin.id}: attached to pid ${target.pid} in ${
+        (performance.now() - started).toFixed(1)
+      } ms`,
+    );
     return true;
   }
 

@@ -81,6 +81,8 @@ export interface Agent {
   metricsPort: number;
   /** Everything the agent has logged so far. */
   log(): string;
+  /** Milliseconds from spawning the agent to its log matching `until`. */
+  startedMs: number;
   stop(): Promise<void>;
 }
 
@@ -93,6 +95,10 @@ export interface StartAgentOptions {
   configPath?: string;
   /** Then waits this long more (the other processes of the target attached). Default 1000. */
   settleMs?: number;
+  /** `taskset -c` of the agent (default: unpinned). */
+  cpu?: string;
+  /** More command-line arguments (`--log-level debug`). */
+  extraArgs?: string[];
 }
 
 /**
@@ -101,8 +107,10 @@ export interface StartAgentOptions {
  */
 export async function startAgent(options: StartAgentOptions): Promise<Agent> {
   const metricsPort = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
+  const spawned = performance.now();
+  const child = new Deno.Command(options.cpu ? "taskset" : Deno.execPath(), {
     args: [
+      ...(options.cpu ? ["-c", options.cpu, Deno.execPath()] : []),
       "run",
       "-A",
       "--quiet",
@@ -112,6 +120,7 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
       "--metrics-port",
       String(metricsPort),
       ...(options.configPath ? ["--config", options.configPath] : []),
+      ...(options.extraArgs ?? []),
     ],
     stdout: "null",
     stderr: "piped",
@@ -123,6 +132,7 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
     if (done) throw new Error(`agent exited:\n${log}`);
     log += value;
   }
+  const startedMs = performance.now() - spawned;
   (async () => {
     // Keep the pipe drained, and the log.
     for (;;) {
@@ -136,6 +146,7 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
     pid: child.pid,
     metricsPort,
     log: () => log,
+    startedMs,
     stop: async () => {
       child.kill("SIGTERM");
       await child.status;
