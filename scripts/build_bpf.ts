@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 /** Folders searched for BPF sources. */
-const SOURCE_DIRS = ["plugins", "examples", "tests/fixtures/bpf"];
+const SOURCE_DIRS = ["plugins", "examples", "bench", "tests/fixtures/bpf"];
 
 export const CLANG_FLAGS = [
   "-O2",

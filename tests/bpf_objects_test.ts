@@ -16,6 +16,8 @@ Deno.test({
     assert.ok(sources.length >= 2, `found ${sources.join(", ")}`);
     // Example plugins' objects (examples/*/) are committed and checked like the built-ins'.
     assert.ok(sources.includes("examples/redis/redis.bpf.c"), `found ${sources.join(", ")}`);
+    // The ingest benchmark's synthetic source (bench/ingest/) likewise.
+    assert.ok(sources.includes("bench/ingest/ingest.bpf.c"), `found ${sources.join(", ")}`);
     for (const source of sources) assert.ok((await Deno.stat(objectPathOf(source))).isFile, source);
     assert.deepEqual(await staleObjects(), [], "run: deno task build:bpf");
   },
