@@ -147,9 +147,20 @@ const MAGIC = [0x7f, 0x45, 0x4c, 0x46]; // "\x7fELF"
 const utf8 = new TextDecoder();
 
 /** A parsed ELF-64 little-endian x86-64 file. Holds (does not copy) the bytes it was given. */
+/**
+ * Reads `into.length` bytes of a file at `offset` (all of them: a short read is an error). What
+ * {@link ElfFile.open} loads sections with, on demand.
+ */
+export type RangeReader = (offset: number, into: Uint8Array) => void;
+
+/** Loading granularity of an opened file: what one miss reads. */
+const PAGE = 64 << 10;
+
 export class ElfFile {
-  /** The whole file. */
-  readonly bytes: Uint8Array;
+  readonly #bytes: Uint8Array;
+  /** Opened files: which PAGEs of #bytes hold the file's bytes (parsed ones: undefined). */
+  readonly #loaded: Uint8Array | undefined;
+  readonly #read: RangeReader | undefined;
   /** `e_machine`: {@link EM_X86_64} unless parsed with `anyMachine`. */
   readonly machine: number;
   /** `EI_DATA`: true unless parsed with `bigEndian` and the file is big-endian. */
@@ -166,9 +177,12 @@ export class ElfFile {
   readonly #byName = new Map<string, ElfSection>();
   readonly #symbolCache = new Map<string, readonly ElfSymbol[]>();
 
-  private constructor(bytes: Uint8Array, options: ElfParseOptions) {
-    this.bytes = bytes;
+  private constructor(bytes: Uint8Array, options: ElfParseOptions, read?: RangeReader) {
+    this.#bytes = bytes;
+    this.#read = read;
+    this.#loaded = read ? new Uint8Array(Math.ceil(bytes.length / PAGE)) : undefined;
     this.#view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.#ensure(0, Math.min(bytes.length, ELF_HEADER_SIZE));
     this.littleEndian = checkIdent(bytes, options);
     this.type = this.#u16(0x10);
     this.machine = this.#u16(0x12);
@@ -191,6 +205,75 @@ export class ElfFile {
     return new ElfFile(bytes, options);
   }
 
+  /**
+   * Like {@link parse}, for a file of `size` bytes read through `read` only where it is looked
+   * at: the headers, then the sections, segments and symbols asked for. A 100 MB executable of
+   * which the analysis needs a symbol table and a few functions costs a few MB, not 100: the
+   * rest of the buffer is never touched, so it takes no memory.
+   */
+  static lazy(size: number, read: RangeReader, options: ElfParseOptions = {}): ElfFile {
+    return new ElfFile(new Uint8Array(size), options, read);
+  }
+
+  /**
+   * {@link lazy} over the file at `path` (each miss opens and reads it). Throws
+   * Deno.errors.NotFound / PermissionDenied when it cannot be read, and {@link ElfError}.
+   */
+  static open(path: string, options: ElfParseOptions = {}): ElfFile {
+    const size = Deno.statSync(path).size;
+    return ElfFile.lazy(size, (offset, into) => {
+      using file = Deno.openSync(path);
+      file.seekSync(offset, Deno.SeekMode.Start);
+      let done = 0;
+      while (done < into.length) {
+        const n = file.readSync(into.subarray(done));
+        if (n === null || n === 0) {
+          throw new ElfError("truncated", `${path} ended at ${offset + done} while reading`);
+        }
+        done += n;
+      }
+    }, options);
+  }
+
+  /**
+   * Frees the memory of an opened file now rather than at the garbage collector's leisure
+   * (which may be long: V8 sees a small heap). The file must not be used afterwards; views
+   * taken from it read as empty. A parsed file's bytes are the caller's and stay.
+   */
+  release(): void {
+    // An opened file's buffer is ours (an ArrayBuffer made in lazy()).
+    if (this.#read) (this.#bytes.buffer as ArrayBuffer).transfer(0);
+  }
+
+  /** The whole file (an opened file is read entirely first: prefer the methods below). */
+  get bytes(): Uint8Array {
+    this.#ensure(0, this.#bytes.length);
+    return this.#bytes;
+  }
+
+  /** Makes [offset, offset + length) of an opened file present in #bytes. */
+  #ensure(offset: number, length: number): void {
+    const loaded = this.#loaded;
+    if (!loaded || length <= 0) return;
+    const end = Math.min(offset + length, this.#bytes.length);
+    let page = Math.floor(offset / PAGE);
+    const last = Math.floor((end - 1) / PAGE);
+    while (page <= last) {
+      if (loaded[page]) {
+        page++;
+        continue;
+      }
+      // One read for each run of missing pages.
+      let runEnd = page;
+      while (runEnd + 1 <= last && !loaded[runEnd + 1]) runEnd++;
+      const from = page * PAGE;
+      const to = Math.min((runEnd + 1) * PAGE, this.#bytes.length);
+      this.#read!(from, this.#bytes.subarray(from, to));
+      loaded.fill(1, page, runEnd + 1);
+      page = runEnd + 1;
+    }
+  }
+
   /** The first section called `name`, or undefined. */
   section(name: string): ElfSection | undefined {
     return this.#byName.get(name);
@@ -201,9 +284,10 @@ export class ElfFile {
    * compressed section (`section.compressed`) these are the raw, still compressed bytes.
    */
   sectionBytes(section: ElfSection): Uint8Array {
-    if (section.type === SHT.nobits) return this.bytes.subarray(0, 0);
+    if (section.type === SHT.nobits) return this.#bytes.subarray(0, 0);
     // Checked when the table was read; the bounds hold.
-    return this.bytes.subarray(section.offset, section.offset + section.size);
+    this.#ensure(section.offset, section.size);
+    return this.#bytes.subarray(section.offset, section.offset + section.size);
   }
 
   /**
@@ -211,7 +295,34 @@ export class ElfFile {
    * ranges of PT_LOAD segments are checked by {@link parse}; others are cut at the end of file.
    */
   segmentBytes(segment: ElfProgramHeader): Uint8Array {
-    return this.bytes.subarray(segment.offset, segment.offset + segment.filesz);
+    this.#ensure(segment.offset, segment.filesz);
+    return this.#bytes.subarray(segment.offset, segment.offset + segment.filesz);
+  }
+
+  /**
+   * Visits a section's bytes in pieces of at most `chunk` bytes, each overlapping the previous
+   * one by `overlap` bytes (so a match up to that long is never cut): for scanning a large
+   * section of an opened file without keeping it in memory (parsed files pass views). `visit`
+   * returns a value to stop with it.
+   */
+  scanSection<T>(
+    section: ElfSection,
+    visit: (bytes: Uint8Array) => T | undefined,
+    chunk = 1 << 20,
+    overlap = 256,
+  ): T | undefined {
+    if (section.type === SHT.nobits || section.size === 0) return undefined;
+    if (!this.#read) return visit(this.sectionBytes(section));
+    const step = Math.max(chunk - overlap, 1);
+    for (let at = 0; at < section.size; at += step) {
+      const length = Math.min(chunk, section.size - at);
+      const piece = new Uint8Array(length);
+      this.#read(section.offset + at, piece);
+      const found = visit(piece);
+      if (found !== undefined) return found;
+      if (at + length >= section.size) break;
+    }
+    return undefined;
   }
 
   /** The symbols of `.symtab`; empty when the file is stripped. Decoded once, then cached. */
@@ -242,7 +353,8 @@ export class ElfFile {
     const segment = this.#loadSegmentOf(vaddr);
     if (segment === undefined || vaddr + length > segment.vaddr + segment.filesz) return undefined;
     const start = segment.offset + (vaddr - segment.vaddr);
-    return this.bytes.subarray(start, start + length);
+    this.#ensure(start, length);
+    return this.#bytes.subarray(start, start + length);
   }
 
   #loadSegmentOf(vaddr: number): ElfProgramHeader | undefined {
@@ -261,6 +373,7 @@ export class ElfFile {
       throw new ElfError("unsupported", `Unsupported ELF e_phentsize ${phentsize}`);
     }
     this.#checkRange(phoff, phnum * phentsize, "program header table");
+    this.#ensure(phoff, phnum * phentsize);
     const headers: ElfProgramHeader[] = [];
     for (let i = 0; i < phnum; i++) {
       const at = phoff + i * phentsize;
@@ -292,18 +405,21 @@ export class ElfFile {
     }
     const at = (i: number) => shoff + i * shentsize;
     this.#checkRange(shoff, SECTION_HEADER_SIZE, "section header 0");
+    this.#ensure(shoff, SECTION_HEADER_SIZE);
     // Extended numbering: with 0xff00 sections or more, the real count is section 0's sh_size
     // and the real name-table index its sh_link.
     if (shnum === 0) shnum = this.#u64(at(0) + 32, "section count");
     if (shstrndx === SHN_XINDEX) shstrndx = this.#u32(at(0) + 40);
     this.#checkRange(shoff, shnum * shentsize, "section header table");
+    this.#ensure(shoff, shnum * shentsize);
 
     const raw = Array.from({ length: shnum }, (_, i) => this.#readSectionHeader(i, at(i)));
     const names = raw[shstrndx];
     if (names === undefined || names.type === SHT.nobits) {
       throw new ElfError("truncated", `ELF e_shstrndx ${shstrndx} is not a section`);
     }
-    const nameTable = this.bytes.subarray(names.offset, names.offset + names.size);
+    this.#ensure(names.offset, names.size);
+    const nameTable = this.#bytes.subarray(names.offset, names.offset + names.size);
     return raw.map((s) => ({ ...s, name: cString(nameTable, s.nameOffset, "section name") }));
   }
 
@@ -355,10 +471,11 @@ export class ElfFile {
     }
     const names = this.sectionBytes(strings);
     const count = Math.floor(table.size / entsize);
+    this.#ensure(table.offset, count * entsize);
     const symbols: ElfSymbol[] = new Array(count);
     for (let i = 0; i < count; i++) {
       const at = table.offset + i * entsize;
-      const info = this.bytes[at + 4];
+      const info = this.#bytes[at + 4];
       symbols[i] = {
         name: cString(names, this.#u32(at), `${table.name} symbol ${i} name`),
         value: this.#u64(at + 8, "st_value"),
@@ -381,7 +498,7 @@ export class ElfFile {
 
   /** A u64 field as a number; values above 2^53 lose precision (addresses and sizes never do). */
   #u64(at: number, what: string): number {
-    if (at + 8 > this.bytes.length) {
+    if (at + 8 > this.#bytes.length) {
       throw new ElfError("truncated", `ELF ${what} at ${at} is beyond the end of the file`);
     }
     const low = this.#u32(this.littleEndian ? at : at + 4);
@@ -390,11 +507,11 @@ export class ElfFile {
   }
 
   #checkRange(offset: number, size: number, what: string): void {
-    if (offset + size > this.bytes.length) {
+    if (offset + size > this.#bytes.length) {
       throw new ElfError(
         "truncated",
         `ELF ${what} [${offset}, ${offset + size}) is beyond the end of the file ` +
-          `(${this.bytes.length} bytes)`,
+          `(${this.#bytes.length} bytes)`,
       );
     }
   }

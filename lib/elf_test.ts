@@ -287,3 +287,47 @@ Deno.test(
     withRandomFlips(bytes, { seed: 2, rounds: 400, maxFlips: 4, regions }, exercise);
   },
 );
+
+Deno.test("ElfFile.lazy reads only what is looked at, and sees what parse() sees", () => {
+  const path = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+  const whole = Deno.readFileSync(path);
+  let read = 0;
+  const lazy = ElfFile.lazy(whole.length, (offset, into) => {
+    read += into.length;
+    into.set(whole.subarray(offset, offset + into.length));
+  });
+  const headers = read;
+  assert.ok(headers < whole.length / 4, `headers alone read ${headers} of ${whole.length}`);
+  const parsed = ElfFile.parse(whole);
+  assert.deepEqual(lazy.sections, parsed.sections);
+  assert.deepEqual(lazy.programHeaders, parsed.programHeaders);
+  assert.deepEqual(lazy.dynamicSymbols(), parsed.dynamicSymbols());
+  const fn = parsed.dynamicSymbols().find((s) => s.name === "SSL_read")!;
+  assert.deepEqual(lazy.bytesAt(fn.value, 64), parsed.bytesAt(fn.value, 64));
+  assert.ok(read < whole.length, `read ${read} of ${whole.length}`);
+  // The whole file on demand.
+  assert.deepEqual(lazy.bytes, whole);
+});
+
+Deno.test("ElfFile.open reads a file lazily; a missing one is NotFound, a text file not_elf", async () => {
+  const elf = ElfFile.open("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+  assert.ok(elf.dynamicSymbols().some((s) => s.name === "SSL_write"));
+  assert.throws(() => ElfFile.open("/nonexistent/x"), Deno.errors.NotFound);
+  const text = await Deno.makeTempFile();
+  try {
+    await Deno.writeTextFile(text, "#!/bin/sh\necho not an ELF file at all, but long enough\n");
+    assert.throws(
+      () => ElfFile.open(text),
+      (e: unknown) => e instanceof ElfError && e.reason === "not_elf",
+    );
+  } finally {
+    await Deno.remove(text);
+  }
+});
+
+Deno.test("ElfFile.release frees an opened file's buffer at once", () => {
+  const elf = ElfFile.open("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+  assert.ok(elf.dynamicSymbols().length > 0);
+  elf.release();
+  assert.throws(() => elf.bytesAt(elf.entry, 16)?.at(0) ?? elf.bytes.length);
+});

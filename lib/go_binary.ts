@@ -67,16 +67,25 @@ export interface GoExecutable {
  */
 export const MIN_GO = "go1.18";
 
-/** Opens the bytes of an executable. Throws {@linkcode GoBinarySkip} when it is no usable Go program. */
-export function openGoExecutable(bytes: Uint8Array, what = "the program"): GoExecutable {
+/** An ELF problem as the reason a plugin leaves the program alone. */
+function skipOfElfError(e: ElfError): GoBinarySkip {
+  return new GoBinarySkip(e.reason === "not_elf" ? "not_elf" : "corrupt_binary", e.message);
+}
+
+/**
+ * Opens an executable: its bytes, or an {@linkcode ElfFile} (opened lazily by
+ * {@linkcode GoBinaryCache}: only the parts the analysis looks at are read). Throws
+ * {@linkcode GoBinarySkip} when it is no usable Go program.
+ */
+export function openGoExecutable(
+  file: Uint8Array | ElfFile,
+  what = "the program",
+): GoExecutable {
   let elf: ElfFile;
   try {
-    elf = ElfFile.parse(bytes);
+    elf = file instanceof ElfFile ? file : ElfFile.parse(file);
   } catch (e) {
-    if (e instanceof ElfError) {
-      throw new GoBinarySkip(e.reason === "not_elf" ? "not_elf" : "corrupt_binary", e.message);
-    }
-    throw e;
+    throw e instanceof ElfError ? skipOfElfError(e) : e;
   }
   let functions: GoFunctionTable;
   try {
@@ -180,11 +189,11 @@ function identity(path: string): string | undefined {
 /** Analyses cached by file identity (a Go binary is tens of MB: read each one once). */
 export class GoBinaryCache<T> {
   readonly #results = new Map<string, T | GoBinarySkip>();
-  readonly #analyze: (bytes: Uint8Array) => T;
+  readonly #analyze: (file: Uint8Array | ElfFile) => T;
   readonly #max: number;
 
   /** `analyze` throws {@linkcode GoBinarySkip} for a binary it cannot use. */
-  constructor(analyze: (bytes: Uint8Array) => T, max = 256) {
+  constructor(analyze: (file: Uint8Array | ElfFile) => T, max = 256) {
     this.#analyze = analyze;
     this.#max = max;
   }
@@ -196,13 +205,20 @@ export class GoBinaryCache<T> {
     const known = this.#results.get(id);
     if (known) return known;
     let result: T | GoBinarySkip;
+    let elf: ElfFile | undefined;
     try {
-      result = this.#analyze(Deno.readFileSync(path));
+      // Lazily: a 100 MB executable is not read whole to find a few functions; and what was
+      // read is freed at once (the analysis keeps nothing of the file).
+      elf = ElfFile.open(path);
+      result = this.#analyze(elf);
     } catch (e) {
       if (e instanceof GoBinarySkip) result = e;
+      else if (e instanceof ElfError) result = skipOfElfError(e);
       else if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
         result = new GoBinarySkip("unreadable", `cannot read ${path}: ${(e as Error).message}`);
       } else throw e;
+    } finally {
+      elf?.release();
     }
     if (this.#results.size >= this.#max) this.#results.clear();
     this.#results.set(id, result);

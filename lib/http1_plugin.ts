@@ -17,7 +17,12 @@ import {
   HttpEventKind,
   type HttpRequestEvent,
 } from "./http1_records.ts";
-import { fitsInKernel, histogramConstants, histogramDelta } from "./red_histogram.ts";
+import {
+  aggregatesInKernel,
+  eventsRingBytes,
+  histogramConstants,
+  histogramDelta,
+} from "./red_histogram.ts";
 import { peerLabelBits } from "../core/plugin.ts";
 import type { ConstantValue } from "../core/bpf/object.ts";
 
@@ -57,9 +62,10 @@ export type Http1EngineOptions = z.infer<typeof engineOptions>;
 
 /** The engine's `const volatile` values for these options. */
 export function http1EngineConstants(
-  { options, buckets, optionalLabels, perRequestEvents }: PluginContext<Http1EngineOptions>,
+  ctx: PluginContext<Http1EngineOptions>,
 ): Record<string, ConstantValue> {
-  const inKernel = options.aggregate_in_kernel && !perRequestEvents && fitsInKernel(buckets);
+  const { options, buckets, optionalLabels } = ctx;
+  const inKernel = aggregatesInKernel(ctx);
   return {
     request_timeout_ns: BigInt(Math.round(options.request_timeout * 1e6)),
     aggregate_in_kernel: inKernel,
@@ -69,6 +75,11 @@ export function http1EngineConstants(
     // The peer costs key space (series): recorded only when its labels are on.
     peer_labels: peerLabelBits(optionalLabels),
   };
+}
+
+/** The engine's map sizes: the connection table, and the ring (small when aggregating). */
+export function http1MaxEntries(ctx: PluginContext<Http1EngineOptions>): Record<string, number> {
+  return { conns: ctx.options.max_connections, events: eventsRingBytes(aggregatesInKernel(ctx)) };
 }
 
 const routes = new RouteCache();

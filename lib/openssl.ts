@@ -89,14 +89,22 @@ const MAX_TEXT = 64;
 export function opensslVersion(elf: ElfFile): string | undefined {
   const rodata = elf.section(".rodata");
   if (rodata === undefined) return undefined;
-  const bytes = elf.sectionBytes(rodata);
-  // indexOf on the first byte is native and fast; node's .rodata is tens of megabytes.
-  for (let at = bytes.indexOf(PREFIX[0]); at >= 0; at = bytes.indexOf(PREFIX[0], at + 1)) {
-    if (!PREFIX.every((b, i) => bytes[at + i] === b)) continue;
-    const length = bytes.subarray(at, at + MAX_TEXT + 1).indexOf(0);
-    if (length < 0) continue;
-    const text = String.fromCharCode(...bytes.subarray(at, at + length));
-    if (VERSION_TEXT.test(text)) return text;
-  }
-  return undefined;
+  // node's .rodata is tens of megabytes: scanned in pieces, not kept (the overlap covers a
+  // text cut at a piece's end).
+  return elf.scanSection(
+    rodata,
+    (bytes) => {
+      // indexOf on the first byte is native and fast.
+      for (let at = bytes.indexOf(PREFIX[0]); at >= 0; at = bytes.indexOf(PREFIX[0], at + 1)) {
+        if (!PREFIX.every((b, i) => bytes[at + i] === b)) continue;
+        const length = bytes.subarray(at, at + MAX_TEXT + 1).indexOf(0);
+        if (length < 0) continue;
+        const text = String.fromCharCode(...bytes.subarray(at, at + length));
+        if (VERSION_TEXT.test(text)) return text;
+      }
+      return undefined;
+    },
+    1 << 20,
+    MAX_TEXT + 2,
+  );
 }

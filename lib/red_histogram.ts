@@ -32,6 +32,31 @@ export function fitsInKernel(buckets: HistogramBuckets): boolean {
     buckets.sizeBytes.length < RED_HIST_BUCKETS;
 }
 
+/**
+ * Whether a plugin with the option `aggregate_in_kernel` keeps its histograms in the kernel:
+ * when asked, when the buckets fit, and when the core does not need a record per request
+ * (traces).
+ */
+export function aggregatesInKernel(
+  ctx: {
+    options: { aggregate_in_kernel: boolean };
+    buckets: HistogramBuckets;
+    perRequestEvents?: boolean;
+  },
+): boolean {
+  return ctx.options.aggregate_in_kernel && !ctx.perRequestEvents && fitsInKernel(ctx.buckets);
+}
+
+/**
+ * Bytes of the `events` ring buffer: 8 MiB when every request is a record (~47,000 of
+ * nginx's, some seconds of a busy server while the agent is slow), 1 MiB when the histograms
+ * are kept in the kernel and records are the exception. The ring is mapped into the agent
+ * twice (its data pages, for records that wrap), so this is 2x its share of the agent's RSS.
+ */
+export function eventsRingBytes(inKernel: boolean): number {
+  return inKernel ? 1 << 20 : 8 << 20;
+}
+
 /** A bucket-bound constant array, padded to the kernel's fixed length. */
 function bounds(values: readonly number[], scale: number): bigint[] {
   const out = Array.from({ length: RED_HIST_BUCKETS - 1 }, () => 0n);

@@ -510,6 +510,20 @@ export class RedExporter {
         "sysctl kernel.bpf_stats_enabled=1)",
       (st) => Number(st.runTimeNs) / 1e9,
     );
+    new client.Gauge({
+      name: "redprobe_agent_memory_bytes",
+      help: "The agent's memory: rss (resident), heap_total and heap_used (the JavaScript " +
+        "heap), external (buffers and WebAssembly memory outside it)",
+      labelNames: ["area"],
+      registers: [this.registry],
+      collect() {
+        const m = Deno.memoryUsage();
+        this.set({ area: "rss" }, m.rss);
+        this.set({ area: "heap_total" }, m.heapTotal);
+        this.set({ area: "heap_used" }, m.heapUsed);
+        this.set({ area: "external" }, m.external);
+      },
+    });
     new client.Counter({
       name: "redprobe_series_overflow_total",
       help: "Observations dropped because a metric reached its label-set cap",

@@ -106,7 +106,11 @@ export function grpcVersionOf(exe: GoExecutable): string | undefined {
     const version = dep?.replace?.version ?? dep?.version;
     if (version) return version.replace(/^v/, "");
   } catch { /* no build info: look for the string */ }
-  return userAgentVersion(exe.elf.bytes);
+  // The string is a literal: in .rodata (the whole file only if there is no such section).
+  const rodata = exe.elf.section(".rodata");
+  return rodata
+    ? exe.elf.scanSection(rodata, userAgentVersion, 1 << 20, 64)
+    : userAgentVersion(exe.elf.bytes);
 }
 
 const UA = new TextEncoder().encode("grpc-go/");
@@ -123,8 +127,8 @@ export function userAgentVersion(bytes: Uint8Array): string | undefined {
 }
 
 /** Analyses the bytes of an executable. Throws {@linkcode GoBinarySkip} when go-grpc cannot use it. */
-export function analyzeGrpcBinary(bytes: Uint8Array): GoGrpcBinary {
-  const exe = openGoExecutable(bytes, "go-grpc");
+export function analyzeGrpcBinary(file: Uint8Array | ElfFile): GoGrpcBinary {
+  const exe = openGoExecutable(file, "go-grpc");
   const serverStart = entrySite(exe, GRPC_FUNCTIONS.serverStart);
   const serverEnd = entrySite(exe, GRPC_FUNCTIONS.serverEnd);
   const clientStart = entrySite(exe, GRPC_FUNCTIONS.clientStart);

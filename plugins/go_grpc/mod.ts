@@ -15,7 +15,12 @@ import { z } from "zod";
 import { type AttachSpec, definePlugin, type TargetProcess } from "../../core/plugin.ts";
 import { GoBinarySkip, looksLikeGo, skipVerdict } from "../../lib/go_binary.ts";
 import { globMatcher } from "../../lib/globs.ts";
-import { fitsInKernel, histogramConstants, histogramDelta } from "../../lib/red_histogram.ts";
+import {
+  aggregatesInKernel,
+  eventsRingBytes,
+  histogramConstants,
+  histogramDelta,
+} from "../../lib/red_histogram.ts";
 import bpfObject from "./go_grpc.bpf.o" with { type: "bytes" };
 import { type GoGrpcBinary, goGrpcBinaryCache, probeCookies } from "./binary.ts";
 import {
@@ -83,11 +88,15 @@ export default definePlugin<GoGrpcEvent, GoGrpcOptions>({
   description: "gRPC servers and clients in Go (grpc-go), from uprobes",
   bpfObject,
   optionsSchema: goGrpcOptions,
-  constants: ({ options, buckets, perRequestEvents }) => {
-    const inKernel = options.aggregate_in_kernel && !perRequestEvents && fitsInKernel(buckets);
+  constants: (ctx) => {
+    const { buckets } = ctx;
+    const inKernel = aggregatesInKernel(ctx);
     return { aggregate_in_kernel: inKernel, ...histogramConstants(buckets, inKernel) };
   },
-  maxEntries: ({ options }) => ({ calls: options.max_in_flight }),
+  maxEntries: (ctx) => ({
+    calls: ctx.options.max_in_flight,
+    events: eventsRingBytes(aggregatesInKernel(ctx)),
+  }),
   uprobeMultiPrograms: PROGRAMS,
   kernelCounters: GO_GRPC_KERNEL_COUNTERS,
   appliesTo(target, { options }) {

@@ -141,8 +141,8 @@ function dwarfOffsets(elf: ElfFile): GoHttpOffsets | undefined {
 }
 
 /** Analyses the bytes of an executable. Throws {@linkcode GoBinarySkip} when go-http cannot use it. */
-export function analyzeGoBinary(bytes: Uint8Array): GoHttpBinary {
-  const exe = openGoExecutable(bytes, "go-http");
+export function analyzeGoBinary(file: Uint8Array | ElfFile): GoHttpBinary {
+  const exe = openGoExecutable(file, "go-http");
   const { elf, functions: fns, goVersion } = exe;
   let server: GoHttpBinary["server"];
   const start = entrySite(exe, GO_FUNCTIONS.serverStart);

@@ -26,7 +26,12 @@ import {
 } from "../../core/plugin.ts";
 import { RouteCache } from "../../lib/route.ts";
 import bpfObject from "./go_http.bpf.o" with { type: "bytes" };
-import { fitsInKernel, histogramConstants, histogramDelta } from "../../lib/red_histogram.ts";
+import {
+  aggregatesInKernel,
+  eventsRingBytes,
+  histogramConstants,
+  histogramDelta,
+} from "../../lib/red_histogram.ts";
 import {
   decodeGoAggKey,
   decodeGoHttpEvent,
@@ -190,8 +195,9 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
   description: "Go net/http servers and clients (HTTP and HTTPS), from uprobes",
   bpfObject,
   optionsSchema: goHttpOptions,
-  constants: ({ options, buckets, optionalLabels, perRequestEvents }) => {
-    const inKernel = options.aggregate_in_kernel && !perRequestEvents && fitsInKernel(buckets);
+  constants: (ctx) => {
+    const { buckets, optionalLabels } = ctx;
+    const inKernel = aggregatesInKernel(ctx);
     return {
       aggregate_in_kernel: inKernel,
       ...histogramConstants(buckets, inKernel),
@@ -224,9 +230,10 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
       };
     },
   },
-  maxEntries: ({ options }) => ({
-    server_starts: options.max_in_flight,
-    client_starts: options.max_in_flight,
+  maxEntries: (ctx) => ({
+    server_starts: ctx.options.max_in_flight,
+    client_starts: ctx.options.max_in_flight,
+    events: eventsRingBytes(aggregatesInKernel(ctx)),
   }),
   // One uprobe_multi link per program and binary (see PROGRAMS).
   uprobeMultiPrograms: PROGRAMS,

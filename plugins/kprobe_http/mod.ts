@@ -21,6 +21,7 @@ import {
   http1Aggregates,
   http1EngineConstants,
   http1EngineOptions,
+  http1MaxEntries,
   http1Observation,
 } from "../../lib/http1_plugin.ts";
 
@@ -34,7 +35,7 @@ export default definePlugin<HttpRequestEvent, KprobeHttpOptions>({
   bpfObject,
   optionsSchema: kprobeHttpOptions,
   constants: http1EngineConstants,
-  maxEntries: ({ options }) => ({ conns: options.max_connections }),
+  maxEntries: http1MaxEntries,
   attachOnce: [
     { kind: "auto", program: "on_sock_recv" },
     { kind: "auto", program: "on_sock_send" },

@@ -160,7 +160,20 @@ Deno.test("kprobe-http sets request_timeout_ns and the connection table size fro
   const options = kprobeHttpOptions.parse({ request_timeout: "1.5s", max_connections: 1024 });
   const constants = plugin.constants?.({ options, buckets: BUCKETS });
   assert.equal(constants?.request_timeout_ns, 1_500_000_000n);
-  assert.deepEqual(plugin.maxEntries?.({ options, buckets: BUCKETS }), { conns: 1024 });
+  // The ring is small while histograms are kept in the kernel, large when every request is a
+  // record (traces, or aggregate_in_kernel off).
+  assert.deepEqual(plugin.maxEntries?.({ options, buckets: BUCKETS }), {
+    conns: 1024,
+    events: 1 << 20,
+  });
+  assert.deepEqual(
+    plugin.maxEntries?.({ options, buckets: BUCKETS, perRequestEvents: true }),
+    { conns: 1024, events: 8 << 20 },
+  );
+  assert.equal(
+    plugin.constants?.({ options, buckets: BUCKETS, perRequestEvents: true })?.aggregate_in_kernel,
+    false,
+  );
 });
 
 Deno.test("kprobe-http gives the kernel the exporter's buckets, in ns and bytes, padded to 15", () => {

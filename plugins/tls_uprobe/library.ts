@@ -129,13 +129,19 @@ export class TlsProbePlanCache {
     if (id === undefined) return undefined;
     if (this.#plans.has(id)) return this.#plans.get(id);
     let plan: TlsProbePlan | undefined;
+    let elf: ElfFile | undefined;
     try {
-      plan = planTlsProbes(ElfFile.parse(Deno.readFileSync(path)), id);
+      // Lazily: node's 100 MB executable is not read whole for its symbols and a few functions;
+      // and what was read is freed at once (the plan keeps nothing of the file).
+      elf = ElfFile.open(path);
+      plan = planTlsProbes(elf, id);
     } catch (e) {
       if (
         !(e instanceof ElfError || e instanceof Deno.errors.NotFound ||
           e instanceof Deno.errors.PermissionDenied)
       ) throw e;
+    } finally {
+      elf?.release();
     }
     if (this.#plans.size >= 256) this.#plans.clear();
     this.#plans.set(id, plan);

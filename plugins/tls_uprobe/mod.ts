@@ -28,6 +28,7 @@ import {
   http1Aggregates,
   http1EngineConstants,
   http1EngineOptions,
+  http1MaxEntries,
   http1Observation,
 } from "../../lib/http1_plugin.ts";
 import bpfObject from "./tls_uprobe.bpf.o" with { type: "bytes" };
@@ -165,7 +166,7 @@ export default definePlugin<HttpRequestEvent, TlsUprobeOptions>({
   bpfObject,
   optionsSchema: tlsUprobeOptions,
   constants: http1EngineConstants,
-  maxEntries: ({ options }) => ({ conns: options.max_connections }),
+  maxEntries: http1MaxEntries,
   uprobeMultiPrograms: ["tls_enter", "tls_exit", "tls_free"],
   // Request timeouts (uprobe programs cannot arm a bpf_timer).
   sweep: { program: "tls_sweep", intervalMs: 1000 },
