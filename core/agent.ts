@@ -9,8 +9,13 @@ import { Discovery, type ProcFs } from "./discovery.ts";
 import { privileges } from "./doctor.ts";
 import { RedExporter, type TargetLabels } from "./exporter/exporter.ts";
 import { serveMetrics } from "./exporter/server.ts";
-import { BpfError, monotonicToWallOffsetNs, setLibbpfLogSink } from "./ffi/libbpf.ts";
-import { OtlpExport } from "./exporter/otlp.ts";
+import {
+  BpfError,
+  monotonicToWallOffsetNs,
+  setLibbpfLogSink,
+  trimNativeHeap,
+} from "./ffi/libbpf.ts";
+import type { OtlpExport } from "./exporter/otlp.ts";
 import type { Logger } from "./log.ts";
 import type { RedAggregate, RedObservation, TargetProcess } from "./plugin.ts";
 import { PluginHost } from "./plugin_host.ts";
@@ -166,6 +171,8 @@ export class Agent implements AsyncDisposable {
       (otlp.metrics || otlp.traces) &&
       (otlp.endpoint || otlp.metrics_endpoint || otlp.traces_endpoint)
     ) {
+      // Loaded only when used: the OpenTelemetry SDK and exporters are ~10 MB of memory.
+      const { OtlpExport } = await import("./exporter/otlp.ts");
       this.#otlp = new OtlpExport({
         exporter: this.exporter,
         config: otlp,
@@ -274,6 +281,7 @@ export class Agent implements AsyncDisposable {
         ...(config.discovery.exclude_telemetry ? TELEMETRY_EXECUTABLES : []),
       ].map((s) => new Selector(s)),
     }, options.procFs);
+    trimNativeHeap();
     log.info(`plugins running: ${this.#hosts.map((h) => h.plugin.id).join(", ")}`);
     this.#poll();
     this.#timer = setInterval(() => this.#poll(), config.discovery.poll_interval);

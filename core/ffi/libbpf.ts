@@ -134,6 +134,9 @@ const LIBC_SYMBOLS = {
   // int clock_gettime(clockid_t clockid, struct timespec *tp): CLOCK_MONOTONIC is the clock of
   // bpf_ktime_get_ns(), which Deno does not expose.
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
+  // int malloc_trim(size_t pad): gives the C heap's free memory back to the system. libbpf
+  // parses the kernel's BTF (megabytes) for each object it loads and frees it; glibc keeps it.
+  malloc_trim: { parameters: ["usize"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export type Libbpf = Deno.DynamicLibrary<typeof LIBBPF_SYMBOLS>["symbols"];
@@ -245,6 +248,11 @@ export function monotonicToWallOffsetNs(): bigint {
     }
   }
   return offset;
+}
+
+/** Returns the C heap's free memory to the system (after loading BPF objects). */
+export function trimNativeHeap(): void {
+  libc().malloc_trim(0n);
 }
 
 /** CLOCK_MONOTONIC now, in nanoseconds (the clock of `bpf_ktime_get_ns()`). */

@@ -7,6 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { startAgent } from "../support/agent.ts";
+import { startOtlpReceiver } from "../support/otlp_receiver.ts";
+import { waitFor } from "../support/wait.ts";
 import { dirname, fromFileUrl, join } from "../support/paths.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { findSamples } from "../support/prom_text.ts";
@@ -127,7 +129,8 @@ Deno.test("the bundle runs `version` and `config print` alone, without the repos
 });
 
 Deno.test({
-  name: "the bundled agent, alone in an empty dir, counts every request to real nginx exactly",
+  name:
+    "the bundled agent, alone in an empty dir, counts every request to real nginx exactly, and pushes OTLP",
   ignore: skipBpf(),
   sanitizeOps: false,
   sanitizeResources: false,
@@ -139,7 +142,14 @@ Deno.test({
     assert.match(doctor.out, /libbpf\.so\.1 loaded/);
     assert.match(doctor.out, /plugin kprobe-http +its BPF programs pass the verifier/);
 
-    await using agent = await startAgent({ entry: iso.bundle, cwd: iso.dir, env: iso.env });
+    // OTLP too: its exporters are loaded only when configured (a dynamic import), which the
+    // bundle must still hold.
+    await using receiver = startOtlpReceiver();
+    await using agent = await startAgent({
+      entry: iso.bundle,
+      cwd: iso.dir,
+      env: { ...iso.env, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url },
+    });
     await using nginx = await startNginx({ workers: 1, keepalive: true, sendfile: true });
     for (const pid of await nginx.pids()) await agent.waitForPid(pid);
 
@@ -166,6 +176,10 @@ Deno.test({
       agent.logs(),
     );
     assert.equal(samples[0].labels.http_route, "/hello");
+    await waitFor(
+      () => receiver.spans.filter((x) => x.resource["service.name"] === "nginx").length === COUNT,
+      { timeoutMs: 10_000, what: "one OTLP span per nginx request from the bundled agent" },
+    );
 
     const { code } = await agent.stop();
     assert.equal(code, 0);
