@@ -112,7 +112,7 @@ export async function bundle(options: BundleOptions = {}): Promise<BundleReport>
     );
     const { text, embedded, patchedModules } = await embedModuleFiles(bundled);
     checkSelfContained(text);
-    const final = `#!/usr/bin/env -S deno run -A\n` +
+    const final = `#!/usr/bin/env -S deno run -A --v8-flags=--max-semi-space-size=1\n` +
       `// redprobe, bundled from ${relative(ROOT, entry)} by scripts/bundle.ts. ` +
       `Run: deno run -A redprobe.js [command] [flags]\n` + text;
     await Deno.writeTextFile(out, final);

@@ -114,6 +114,8 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
       "run",
       "-A",
       "--quiet",
+      // As scripts/run.sh runs it.
+      "--v8-flags=--max-semi-space-size=1",
       join(options.root ?? ROOT, "main.ts"),
       "--metrics-address",
       "127.0.0.1",

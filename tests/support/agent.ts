@@ -50,6 +50,8 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
       "run",
       "-A",
       "--quiet",
+      // As scripts/run.sh runs it.
+      "--v8-flags=--max-semi-space-size=1",
       options.entry ?? join(ROOT, "main.ts"),
       "--config",
       configFile,
