@@ -137,12 +137,23 @@ static __always_inline void *redprobe_reserve(__u64 size)
 	return rec;
 }
 
-static __always_inline void redprobe_submit(void *rec)
+/*
+ * Submits a record of `size` bytes. The reader is woken only by the record that takes the
+ * waiting data across wakeup_bytes: once the agent is behind, waking it for every record would
+ * charge each traced process an irq_work per record exactly when the machine is busiest (the
+ * ingest benchmark saw producers slow down so). The reader drains to empty before it waits
+ * again, and on a timer, so a missed crossing (two CPUs racing) only delays a drain.
+ */
+static __always_inline void redprobe_submit_sized(void *rec, __u64 size)
 {
-	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
-			      ? BPF_RB_FORCE_WAKEUP
-			      : BPF_RB_NO_WAKEUP;
+	/* AVAIL_DATA counts this record too: its 8-byte header and size, rounded up to 8. */
+	__u64 len = (size + 8 + 7) & ~7ULL;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 flags = avail >= wakeup_bytes && avail - len < wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									 : BPF_RB_NO_WAKEUP;
 	bpf_ringbuf_submit(rec, flags);
 }
+
+#define redprobe_submit(rec) redprobe_submit_sized((rec), sizeof(*(rec)))
 
 #endif /* REDPROBE_BPF_H */
