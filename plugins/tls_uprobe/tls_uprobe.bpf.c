@@ -76,6 +76,14 @@ struct {
 	__type(value, struct tls_call);
 } tls_calls SEC(".maps");
 
+/*
+ * Entries of tls_calls: SSL calls in progress anywhere. The socket programs run for every
+ * socket read and write on the machine; while no SSL call is in progress (plain HTTP, or no TLS
+ * traffic at all) they return before the per-thread lookup. An entry whose exit never comes
+ * keeps this above zero, which only costs those lookups again.
+ */
+__u64 calls_in_flight = 0;
+
 /* The connection on each socket the SSL calls were seen on, for its close. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -99,9 +107,12 @@ int tls_enter(struct pt_regs *ctx)
 		.client_only = client_only,
 	};
 	__u64 thread = bpf_get_current_pid_tgid();
+	bool known = bpf_map_lookup_elem(&tls_calls, &thread) != NULL;
 	/* Overwrites an earlier call's state whose exit never came (a longjmp, a lost exit). */
 	if (bpf_map_update_elem(&tls_calls, &thread, &call, BPF_ANY))
 		redprobe_count(TLS_STAT_CALLS_LOST);
+	else if (!known)
+		__sync_fetch_and_add(&calls_in_flight, 1);
 	return 0;
 }
 
@@ -111,6 +122,8 @@ int tls_enter(struct pt_regs *ctx)
  */
 static __always_inline void note_socket(struct sock *sk)
 {
+	if (!*(volatile __u64 *)&calls_in_flight)
+		return;
 	__u64 thread = bpf_get_current_pid_tgid();
 	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &thread);
 	if (!call || call->sock)
@@ -199,7 +212,8 @@ int tls_exit(struct pt_regs *ctx)
 	if (!found)
 		return 0;
 	struct tls_call call = *found;
-	bpf_map_delete_elem(&tls_calls, &thread);
+	if (bpf_map_delete_elem(&tls_calls, &thread) == 0)
+		__sync_fetch_and_sub(&calls_in_flight, 1);
 
 	int ret = PT_REGS_RC(ctx);
 	__u64 n = 0;
