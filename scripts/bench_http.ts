@@ -106,8 +106,8 @@ http {
 }
 
 /**
- * The agent with its defaults, except that wrk (a client kprobe-http and tls-uprobe would
- * measure too) is left alone: this benchmark measures what nginx pays, and probes in wrk would
+ * The agent with its defaults, except that wrk and hey (clients kprobe-http, tls-uprobe and
+ * go-http would measure too) are left alone: this benchmark measures what nginx pays, and probes in wrk would
  * slow the load (with `clients: targets`, tls-uprobe's uprobes are in nginx's worker only).
  */
 async function startAgent(): Promise<Agent> {
@@ -118,6 +118,9 @@ async function startAgent(): Promise<Agent> {
       plugins: {
         "kprobe-http": { clients: "targets" },
         "tls-uprobe": { clients: "targets" },
+        // hey (the latency probe) is a Go client: go-http would measure it with uprobes in
+        // hey itself, adding hey's cost to nginx's p99.
+        "go-http": { skip_executables: ["/usr/bin/hey"] },
       },
     }),
   );
