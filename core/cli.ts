@@ -149,7 +149,9 @@ export async function main(
   }
   if (flags["print-config"] || command === "config print") {
     const plugins = Object.fromEntries([...config.plugins].map(([id, p]) => [id, p.options]));
-    io.out(JSON.stringify({ ...config, plugins }, null, 2));
+    // What the keys are; not the loader's own notes (unknownPlugins).
+    const { unknownPlugins: _unknown, ...keys } = config;
+    io.out(JSON.stringify({ ...keys, plugins }, null, 2));
     return 0;
   }
 
