@@ -164,7 +164,7 @@ Deno.test("kprobe-http sets request_timeout_ns and the connection table size fro
   // record (traces, or aggregate_in_kernel off).
   assert.deepEqual(plugin.maxEntries?.({ options, buckets: BUCKETS }), {
     conns: 1024,
-    events: 1 << 20,
+    events: 2 << 20,
   });
   assert.deepEqual(
     plugin.maxEntries?.({ options, buckets: BUCKETS, perRequestEvents: true }),

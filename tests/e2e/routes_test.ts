@@ -68,7 +68,16 @@ Deno.test({
       byRoute.set(s.labels.http_route, (byRoute.get(s.labels.http_route) ?? 0) + s.value);
     }
     const total = [...byRoute.values()].reduce((a, b) => a + b, 0);
-    assert.equal(total, RANDOM_URLS + 30, "every request not ignored is counted once");
+    const diagnostics = () =>
+      samples.filter((s) =>
+        s.name.startsWith("redprobe_") && s.labels.plugin === "kprobe-http" && s.value > 0 &&
+        !s.name.startsWith("redprobe_bpf_")
+      ).map((s) => `${s.name}${JSON.stringify(s.labels)} ${s.value}`).join("\n");
+    assert.equal(
+      total,
+      RANDOM_URLS + 30,
+      `every request not ignored is counted once\n${diagnostics()}`,
+    );
     // CAP from the heuristic, {overflow}, and the two patterns' (not capped: the user's choice).
     assert.ok(byRoute.size <= CAP + 1 + 2, `${byRoute.size} routes`);
     assert.equal(byRoute.get("/users/{id}"), 20);
