@@ -199,3 +199,40 @@ Deno.test({
     assert.doesNotMatch(agent.logs(), /traces on/);
   },
 });
+
+Deno.test({
+  name: "OTLP metrics only (histograms kept in the kernel): pushed counts equal what was sent",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    assertBpfAvailable();
+    await using receiver = startOtlpReceiver();
+    await using nginx = await startNginx({ workers: 2, keepalive: false, sendfile: true });
+    await using agent = await startAgent({
+      env: {
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: `${receiver.url}/v1/metrics`,
+        OTEL_TRACES_EXPORTER: "none",
+        OTEL_METRIC_EXPORT_INTERVAL: "300",
+      },
+    });
+    for (const pid of await nginx.pids()) await agent.waitForPid(pid);
+    assert.doesNotMatch(agent.logs(), /traces on/);
+    for (const p of PLAN) {
+      await sendRequests({ port: nginx.port, spec: p.spec, count: p.count, keepAlive: false });
+    }
+    const nginxCount = (route: string) =>
+      receiver.latest("http.server.request.duration")
+        .filter((x) =>
+          x.resource["service.name"] === "nginx" && x.attributes["http.route"] === route
+        )
+        .reduce((n, x) => n + x.count, 0);
+    await waitFor(() => PLAN.every((p) => nginxCount(p.route) === p.count), {
+      timeoutMs: 15_000,
+      what: "the pushed counts (two workers, a connection per request) to equal what was sent",
+      detail: () => PLAN.map((p) => `${p.route}: ${nginxCount(p.route)}`).join(", "),
+    });
+    assert.equal(receiver.spans.length, 0, "no traces when OTEL_TRACES_EXPORTER=none");
+    assert.equal(receiver.errors.length, 0, receiver.errors.join("\n"));
+  },
+});
