@@ -430,20 +430,27 @@ export class OtlpExport {
     this.#timers = [];
     // Bounded: a receiver that is down must not hold up the agent's stop (the exporters
     // retry with backoff).
-    const last = (async () => {
-      await Promise.allSettled([...this.#inFlight]);
-      await Promise.all([this.pushMetrics(), this.flushSpans()]);
-    })();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const deadline = new Promise<void>((resolve) => timer = setTimeout(resolve, STOP_DEADLINE_MS));
-    try {
-      await Promise.race([last, deadline]);
-    } finally {
-      clearTimeout(timer);
-      await Promise.race([
-        Promise.allSettled([this.#metrics?.shutdown(), this.#traces?.shutdown()]),
-        new Promise((resolve) => setTimeout(resolve, 500)),
-      ]);
-    }
+    await withDeadline(
+      (async () => {
+        await Promise.allSettled([...this.#inFlight]);
+        await Promise.all([this.pushMetrics(), this.flushSpans()]);
+      })(),
+      STOP_DEADLINE_MS,
+    );
+    await withDeadline(
+      Promise.allSettled([this.#metrics?.shutdown(), this.#traces?.shutdown()]),
+      500,
+    );
+  }
+}
+
+/** Waits for `work`, or `ms` at most (the work goes on; its result is not waited for). */
+async function withDeadline(work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
+  try {
+    await Promise.race([work.catch(() => {}), deadline]);
+  } finally {
+    clearTimeout(timer);
   }
 }
