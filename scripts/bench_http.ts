@@ -20,9 +20,10 @@ import {
   type Agent,
   cpuNs,
   freePort,
-  heyP99 as heyP99At,
+  heyLatency,
   median,
   parseBenchArgs,
+  rssMb,
   startAgent as startAgentUntil,
   sumMetric,
   writeResults,
@@ -138,8 +139,8 @@ function wrk(port: number): Promise<{ rps: number; requests: number }> {
   });
 }
 
-function heyP99(port: number, rate: number): Promise<number> {
-  return heyP99At({
+function latency(port: number, rate: number): Promise<{ p50: number; p99: number }> {
+  return heyLatency({
     url: `${SCHEME}://127.0.0.1:${port}/hello`,
     seconds: SECONDS,
     connections: CONNECTIONS,
@@ -159,8 +160,10 @@ function describe(r: Round): string {
   return `${r.baselineRps.toFixed(0)} -> ${r.agentRps.toFixed(0)} req/s ` +
     `(${((r.agentRps / r.baselineRps - 1) * 100).toFixed(1)}%), nginx CPU ` +
     `${r.baselineNginxUs.toFixed(2)} -> ${r.agentNginxUs.toFixed(2)} µs/req, p99 ` +
-    `${r.baselineP99Ms.toFixed(2)} -> ${r.agentP99Ms.toFixed(2)} ms, agent ` +
-    `${r.agentCpuUsPerRequest.toFixed(2)} µs/req, counted ${r.counted} of ${r.sent}`;
+    `${r.baselineP99Ms.toFixed(2)} -> ${r.agentP99Ms.toFixed(2)} ms, p50 ` +
+    `${r.baselineP50Ms.toFixed(2)} -> ${r.agentP50Ms.toFixed(2)} ms, agent ` +
+    `${r.agentCpuUsPerRequest.toFixed(2)} µs/req and ${r.agentRssMb.toFixed(0)} MB, counted ` +
+    `${r.counted} of ${r.sent}`;
 }
 
 interface Round {
@@ -171,7 +174,11 @@ interface Round {
   agentNginxUs: number;
   baselineP99Ms: number;
   agentP99Ms: number;
+  baselineP50Ms: number;
+  agentP50Ms: number;
   agentCpuUsPerRequest: number;
+  /** The agent's VmRSS at the end of its saturation run. */
+  agentRssMb: number;
   sent: number;
   counted: number;
 }
@@ -187,6 +194,7 @@ try {
     let withAgent!: { rps: number; requests: number };
     let cpu = 0;
     let counted = 0;
+    let agentRss = 0;
     let baselineNginxNs = 0;
     let agentNginxNs = 0;
     const worker = nginx.worker();
@@ -205,6 +213,7 @@ try {
         agentNginxNs = cpuNs(worker) - nginxBefore;
         cpu = (cpuNs(agent.pid) - before) / 1000;
         counted = (await countedRequests(agent)) - countedBefore;
+        agentRss = rssMb(agent.pid);
       } finally {
         await agent.stop();
       }
@@ -217,11 +226,11 @@ try {
       await measureAgent();
     }
     const rate = Math.round(baseline.rps / 2);
-    const baselineP99 = await heyP99(nginx.port, rate);
+    const baselineLatency = await latency(nginx.port, rate);
     const agent = await startAgent();
-    let agentP99: number;
+    let agentLatency: { p50: number; p99: number };
     try {
-      agentP99 = await heyP99(nginx.port, rate);
+      agentLatency = await latency(nginx.port, rate);
     } finally {
       await agent.stop();
     }
@@ -230,9 +239,12 @@ try {
       agentRps: withAgent.rps,
       baselineNginxUs: baselineNginxNs / 1000 / baseline.requests,
       agentNginxUs: agentNginxNs / 1000 / withAgent.requests,
-      baselineP99Ms: baselineP99,
-      agentP99Ms: agentP99,
+      baselineP99Ms: baselineLatency.p99,
+      agentP99Ms: agentLatency.p99,
+      baselineP50Ms: baselineLatency.p50,
+      agentP50Ms: agentLatency.p50,
       agentCpuUsPerRequest: cpu / withAgent.requests,
+      agentRssMb: agentRss,
       sent: withAgent.requests,
       counted,
     };
@@ -250,6 +262,8 @@ const summary = {
   nginxCpuAddedMedianUs: median(rounds.map((r) => r.agentNginxUs - r.baselineNginxUs)),
   throughputLossPerRoundPct: ratios.map((x) => +((1 - x) * 100).toFixed(2)),
   p99AddedMedianMs: median(rounds.map((r) => r.agentP99Ms - r.baselineP99Ms)),
+  p50AddedMedianMs: median(rounds.map((r) => r.agentP50Ms - r.baselineP50Ms)),
+  agentRssMbMedian: median(rounds.map((r) => r.agentRssMb)),
   agentCpuUsPerRequestMedian: median(rounds.map((r) => r.agentCpuUsPerRequest)),
 };
 const command = `deno run -A scripts/bench_http.ts --rounds ${ROUNDS} --seconds ${SECONDS}${
@@ -267,17 +281,21 @@ const table = [
   `nginx: 1 worker pinned to CPU 0, keep-alive, sendfile on, access log on, 6-byte file` +
   `${TLS ? ", HTTPS (TLS 1.3, ECDSA P-256 certificate)" : ""}. ` +
   `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s pinned to CPU 1; the agent unpinned. ` +
-  `p99: hey at half the round's baseline rate. CPU: /proc/<pid>/task/*/schedstat.`,
+  `p50 and p99: hey at half the round's baseline rate. CPU: /proc/<pid>/task/*/schedstat. ` +
+  `Agent RSS: VmRSS at the end of its saturation run.`,
   ``,
   `| round | req/s without | req/s with | change | nginx CPU µs/req without | with | change | ` +
-  `p99 ms without | with | agent CPU µs/req | counted / completed |`,
-  `|---|---|---|---|---|---|---|---|---|---|---|`,
+  `p50 ms without | with | p99 ms without | with | agent CPU µs/req | agent RSS MB | ` +
+  `counted / completed |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, i) =>
     `| ${i + 1} | ${r.baselineRps.toFixed(0)} | ${r.agentRps.toFixed(0)} | ` +
     `${pct(r.agentRps / r.baselineRps)} | ${r.baselineNginxUs.toFixed(2)} | ` +
     `${r.agentNginxUs.toFixed(2)} | ${pct(r.agentNginxUs / r.baselineNginxUs)} | ` +
+    `${r.baselineP50Ms.toFixed(2)} | ${r.agentP50Ms.toFixed(2)} | ` +
     `${r.baselineP99Ms.toFixed(2)} | ${r.agentP99Ms.toFixed(2)} | ` +
-    `${r.agentCpuUsPerRequest.toFixed(2)} | ${r.counted} / ${r.sent} |`
+    `${r.agentCpuUsPerRequest.toFixed(2)} | ${r.agentRssMb.toFixed(0)} | ` +
+    `${r.counted} / ${r.sent} |`
   ),
   ``,
   `Medians over the rounds: throughput **${(-summary.throughputLossMedianPct).toFixed(1)}%** ` +
@@ -285,8 +303,10 @@ const table = [
     summary.nginxCpuAddedMedianUs.toFixed(2)
   } µs ` +
   `(${summary.nginxCpuAddedMedianPct.toFixed(1)}%)** (the probes run in its syscalls); ` +
-  `added p99 **${summary.p99AddedMedianMs.toFixed(2)} ms**; agent CPU ` +
-  `**${summary.agentCpuUsPerRequestMedian.toFixed(2)} µs per request**.`,
+  `added p50 **${summary.p50AddedMedianMs.toFixed(2)} ms**, p99 ` +
+  `**${summary.p99AddedMedianMs.toFixed(2)} ms**; agent CPU ` +
+  `**${summary.agentCpuUsPerRequestMedian.toFixed(2)} µs per request**, agent RSS ` +
+  `**${summary.agentRssMbMedian.toFixed(0)} MB**.`,
   ``,
   `"counted" (requests the agent exported) can exceed "completed" (wrk's count) by up to ` +
   `${CONNECTIONS}: wrk does not count the requests in flight when it stops, whose responses ` +

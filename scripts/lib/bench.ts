@@ -285,9 +285,24 @@ export async function wrk(options: LoadOptions): Promise<WrkResult> {
 
 /** hey's 99th percentile, in ms. */
 export function parseHeyP99Ms(text: string): number {
-  const p99 = Number(/99%\s+in\s+([\d.]+)\s+secs/.exec(text)?.[1]);
-  if (!Number.isFinite(p99)) throw new Error(`cannot read hey output:\n${text}`);
-  return p99 * 1000;
+  return parseHeyLatencyMs(text).p99;
+}
+
+/** hey's median and 99th percentile, in ms. */
+export function parseHeyLatencyMs(text: string): { p50: number; p99: number } {
+  const at = (pct: number) =>
+    Number(new RegExp(`${pct}%\\s+in\\s+([\\d.]+)\\s+secs`).exec(text)?.[1]);
+  const p50 = at(50), p99 = at(99);
+  if (!Number.isFinite(p50) || !Number.isFinite(p99)) {
+    throw new Error(`cannot read hey output:\n${text}`);
+  }
+  return { p50: p50 * 1000, p99: p99 * 1000 };
+}
+
+/** A process's resident memory (VmRSS), in MB. */
+export function rssMb(pid: number): number {
+  const kb = Number(/^VmRSS:\s+(\d+)/m.exec(Deno.readTextFileSync(`/proc/${pid}/status`))?.[1]);
+  return kb / 1024;
 }
 
 /**
@@ -295,8 +310,15 @@ export function parseHeyP99Ms(text: string): number {
  * at a fixed total rate (hey's -q is per connection).
  */
 export async function heyP99(options: LoadOptions & { rate: number }): Promise<number> {
+  return (await heyLatency(options)).p99;
+}
+
+/** Like {@linkcode heyP99}: the median and the 99th percentile, in ms. */
+export async function heyLatency(
+  options: LoadOptions & { rate: number },
+): Promise<{ p50: number; p99: number }> {
   const perWorker = Math.max(1, Math.round(options.rate / options.connections));
-  return parseHeyP99Ms(
+  return parseHeyLatencyMs(
     await run("taskset", [
       "-c",
       options.cpu ?? "1",
