@@ -24,6 +24,7 @@ import {
   median,
   parseBenchArgs,
   programStatsDelta,
+  rssMb,
   run,
   setBpfStatsEnabled,
   spread,
@@ -104,7 +105,11 @@ interface Round {
   agentServerUs: number;
   baselineP99Ms: number;
   agentP99Ms: number;
+  baselineP50Ms: number;
+  agentP50Ms: number;
   agentCpuUsPerCall: number;
+  /** The agent's VmRSS at the end of its saturation run. */
+  agentRssMb: number;
   sent: number;
   counted: number;
 }
@@ -144,7 +149,7 @@ try {
   for (let r = 0; r < args.rounds; r++) {
     const agentFirst = r % 2 === 1;
     let baseline!: LoadResult, withAgent!: LoadResult;
-    let baselineServerNs = 0, agentServerNs = 0, agentNs = 0, countedCalls = 0;
+    let baselineServerNs = 0, agentServerNs = 0, agentNs = 0, countedCalls = 0, agentRss = 0;
     const measureBaseline = async () => {
       const before = cpuNs(serverPid);
       baseline = await loadRun();
@@ -159,6 +164,7 @@ try {
         agentServerNs = cpuNs(serverPid) - serverBefore;
         agentNs = cpuNs(agent.pid) - before;
         countedCalls = (await counted(agent)) - countedBefore;
+        agentRss = rssMb(agent.pid);
       } finally {
         await agent.stop();
       }
@@ -186,7 +192,10 @@ try {
       agentServerUs: agentServerNs / 1000 / withAgent.calls,
       baselineP99Ms: baselineHalf.p99_ms,
       agentP99Ms: agentHalf.p99_ms,
+      baselineP50Ms: baselineHalf.p50_ms,
+      agentP50Ms: agentHalf.p50_ms,
       agentCpuUsPerCall: agentNs / 1000 / withAgent.calls,
+      agentRssMb: agentRss,
       sent: withAgent.calls + withAgent.errors,
       counted: countedCalls,
     };
@@ -211,6 +220,8 @@ const summary = {
   throughputLossSpreadPct: (({ min, max }) => [(1 - max) * 100, (1 - min) * 100])(spread(ratios)),
   serverCpuAddedMedianUs: median(rounds.map((r) => r.agentServerUs - r.baselineServerUs)),
   p99AddedMedianMs: median(rounds.map((r) => r.agentP99Ms - r.baselineP99Ms)),
+  p50AddedMedianMs: median(rounds.map((r) => r.agentP50Ms - r.baselineP50Ms)),
+  agentRssMbMedian: median(rounds.map((r) => r.agentRssMb)),
   agentCpuUsPerCallMedian: median(rounds.map((r) => r.agentCpuUsPerCall)),
 };
 const command =
@@ -226,25 +237,29 @@ const table = [
   `Server: tests/fixtures/go_grpc/server (grpc-go 1.33.3, Debian's Go 1.19, stripped, ` +
   `GOMAXPROCS=1) pinned to CPU 0. Load: tests/fixtures/go_grpc/load, ${args.connections} ` +
   `goroutines of unary UnaryCall on one connection, ${args.seconds} s, pinned to CPU 1 and not ` +
-  `instrumented. p99: the same load paced at half the round's baseline rate.`,
+  `instrumented. p50 and p99: the same load paced at half the round's baseline rate. Agent ` +
+  `RSS: VmRSS at the end of its saturation run.`,
   ``,
-  `| round | calls/s without | with | change | server CPU µs/call without | with | p99 ms ` +
-  `without | with | agent CPU µs/call | counted / sent |`,
-  `|---|---|---|---|---|---|---|---|---|---|`,
+  `| round | calls/s without | with | change | server CPU µs/call without | with | p50 ms ` +
+  `without | with | p99 ms without | with | agent CPU µs/call | agent RSS MB | counted / sent |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, i) =>
     `| ${i + 1} | ${r.baselineCps.toFixed(0)} | ${r.agentCps.toFixed(0)} | ` +
     `${pct(r.agentCps / r.baselineCps)} | ${r.baselineServerUs.toFixed(2)} | ` +
-    `${r.agentServerUs.toFixed(2)} | ${r.baselineP99Ms.toFixed(2)} | ${
-      r.agentP99Ms.toFixed(2)
+    `${r.agentServerUs.toFixed(2)} | ${r.baselineP50Ms.toFixed(2)} | ${
+      r.agentP50Ms.toFixed(2)
     } | ` +
-    `${r.agentCpuUsPerCall.toFixed(2)} | ${r.counted} / ${r.sent} |`
+    `${r.baselineP99Ms.toFixed(2)} | ${r.agentP99Ms.toFixed(2)} | ` +
+    `${r.agentCpuUsPerCall.toFixed(2)} | ${r.agentRssMb.toFixed(0)} | ${r.counted} / ${r.sent} |`
   ),
   ``,
   `Medians over the rounds: throughput **${(-summary.throughputLossMedianPct).toFixed(1)}%** ` +
   `(target: no worse than -15%); server CPU per call **+${
     summary.serverCpuAddedMedianUs.toFixed(2)
-  } µs**; added p99 at half load **${summary.p99AddedMedianMs.toFixed(2)} ms**; agent CPU ` +
-  `**${summary.agentCpuUsPerCallMedian.toFixed(2)} µs per call**.`,
+  } µs**; added at half load: p50 **${summary.p50AddedMedianMs.toFixed(2)} ms**, p99 ` +
+  `**${summary.p99AddedMedianMs.toFixed(2)} ms**; agent CPU ` +
+  `**${summary.agentCpuUsPerCallMedian.toFixed(2)} µs per call**, agent RSS ` +
+  `**${summary.agentRssMbMedian.toFixed(0)} MB**.`,
   ``,
   `The probes' run time (\`kernel.bpf_stats_enabled=1\`, one more ${args.seconds} s run with the ` +
   `agent; the uprobe trap around each hit is extra):`,
