@@ -34,12 +34,13 @@ import {
   bpfStatsEnabled,
   commandLine,
   cpuNs,
-  heyP99,
+  heyLatency,
   machineInfo,
   median,
   parseBenchArgs,
   programStatsDelta,
   ROOT,
+  rssMb,
   run,
   scrape,
   setBpfStatsEnabled,
@@ -143,6 +144,8 @@ interface Interval extends WrkResult {
   agentCounters?: Record<string, number>;
   /** Other processes the agent instrumented during the interval (its log): `pid exe plugins`. */
   othersInstrumented?: string[];
+  /** The agent's VmRSS at the end of the interval. */
+  agentRssMb?: number;
 }
 
 interface Round {
@@ -151,6 +154,7 @@ interface Round {
   /** hey's total rate: half of (a)'s req/s in this round. */
   heyRate: number;
   p99Ms: Record<Config, number>;
+  p50Ms: Record<Config, number>;
   /** Whether the agent also instrumented hey (a Go client) while it ran. */
   heyInstrumented: Record<Config, boolean>;
 }
@@ -266,6 +270,7 @@ async function measure(config: Config, server: GoServer): Promise<Interval> {
     ].filter((m) => Number(m[1]) !== server.pid).map((m) => `${m[1]} ${m[2]} ${m[3] ?? "-"}`);
     const delta = programStatsDelta(progBefore, await bpfProgramStats(ids));
     interval.agentCpuUsPerRequest = agentCpu / 1000 / w.requests;
+    interval.agentRssMb = rssMb(agent.pid);
     interval.instrumentedWith = instrumentedWith(agent, server.pid);
     interval.programs = Object.fromEntries(
       [...delta].sort(([x], [y]) => x.localeCompare(y)).map(([name, s]) => [name, {
@@ -303,11 +308,11 @@ async function measureP99(
   config: Config,
   server: GoServer,
   rate: number,
-): Promise<{ p99Ms: number; heyInstrumented: boolean }> {
+): Promise<{ p50Ms: number; p99Ms: number; heyInstrumented: boolean }> {
   const agent = config === "a" ? undefined : await agentFor(config, server.pid);
   live.agent = agent;
   try {
-    const p99Ms = await heyP99({
+    const { p50: p50Ms, p99: p99Ms } = await heyLatency({
       url: server.url + PATH,
       seconds: args.seconds,
       connections: args.connections,
@@ -317,7 +322,7 @@ async function measureP99(
     const heyInstrumented = agent
       ? /instrumenting pid \d+ \/usr\/bin\/hey[^\n]* with /.test(agent.log())
       : false;
-    return { p99Ms, heyInstrumented };
+    return { p50Ms, p99Ms, heyInstrumented };
   } finally {
     live.agent = undefined;
     await agent?.stop();
@@ -371,13 +376,15 @@ try {
     }
     const heyRate = Math.round(intervals.a.rps / 2);
     const p99Ms = {} as Record<Config, number>;
+    const p50Ms = {} as Record<Config, number>;
     const heyInstrumented = {} as Record<Config, boolean>;
     for (const config of order) {
       const p = await measureP99(config, server, heyRate);
       p99Ms[config] = p.p99Ms;
+      p50Ms[config] = p.p50Ms;
       heyInstrumented[config] = p.heyInstrumented;
     }
-    const round: Round = { order, intervals, heyRate, p99Ms, heyInstrumented };
+    const round: Round = { order, intervals, heyRate, p99Ms, p50Ms, heyInstrumented };
     rounds.push(round);
     console.error(`round ${r + 1} ${describeRound(round)}`);
   }
@@ -444,6 +451,14 @@ const summary = {
   p99AddedMs: {
     b: stat(rounds.map((r) => r.p99Ms.b - r.p99Ms.a)),
     c: stat(rounds.map((r) => r.p99Ms.c - r.p99Ms.a)),
+  },
+  p50AddedMs: {
+    b: stat(rounds.map((r) => r.p50Ms.b - r.p50Ms.a)),
+    c: stat(rounds.map((r) => r.p50Ms.c - r.p50Ms.a)),
+  },
+  agentRssMb: {
+    b: stat(of("b", (i) => i.agentRssMb ?? 0)),
+    c: stat(of("c", (i) => i.agentRssMb ?? 0)),
   },
   serverCpuUsPerRequest: Object.fromEntries(
     CONFIGS.map((c) => [c, stat(of(c, (i) => i.serverCpuUsPerRequest))]),
@@ -600,24 +615,29 @@ const md = [
   `(c) ${srange(summary.serverCpuAddedUsPerRequest.c, 2, " µs")}.`,
   `- Agent CPU per request: (b) ${range(summary.agentCpuUsPerRequest.b)} µs, ` +
   `(c) ${range(summary.agentCpuUsPerRequest.c)} µs.`,
+  `- Agent RSS (VmRSS after each interval): (b) ${range(summary.agentRssMb.b, 0, " MB")}, ` +
+  `(c) ${range(summary.agentRssMb.c, 0, " MB")}.`,
   ...(wrkErrors.length ? [`- wrk reported errors: ${wrkErrors.join("; ")}.`] : []),
   ``,
-  `## p99 latency at a fixed rate (hey)`,
+  `## p50 and p99 latency at a fixed rate (hey)`,
   ``,
   `\`hey -z ${args.seconds}s -c ${args.connections} -q <rate/${args.connections}>\` pinned to ` +
   `CPU 1, at half of (a)'s throughput in the same round.`,
   ``,
-  `| round | rate req/s | p99 ms (a) | (b) | (c) | hey instrumented by the agent (b) |`,
-  `|---|---|---|---|---|---|`,
+  `| round | rate req/s | p50 ms (a) | (b) | (c) | p99 ms (a) | (b) | (c) | ` +
+  `hey instrumented by the agent (b) |`,
+  `|---|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, n) =>
-    `| ${n + 1} | ${r.heyRate} | ${f(r.p99Ms.a)} | ${f(r.p99Ms.b)} | ${f(r.p99Ms.c)} | ` +
+    `| ${n + 1} | ${r.heyRate} | ${f(r.p50Ms.a)} | ${f(r.p50Ms.b)} | ${f(r.p50Ms.c)} | ` +
+    `${f(r.p99Ms.a)} | ${f(r.p99Ms.b)} | ${f(r.p99Ms.c)} | ` +
     `${r.heyInstrumented.b ? "yes" : "no"} |`
   ),
   ``,
   `Median (min … max): p99 (a) ${range(summary.p99Ms.a, 2, " ms")}, ` +
   `(b) ${range(summary.p99Ms.b, 2, " ms")}, (c) ${range(summary.p99Ms.c, 2, " ms")}; ` +
   `added vs (a): **(b) ${srange(summary.p99AddedMs.b, 2, " ms")}, ` +
-  `(c) ${srange(summary.p99AddedMs.c, 2, " ms")}**.`,
+  `(c) ${srange(summary.p99AddedMs.c, 2, " ms")}**; p50 added: ` +
+  `(b) ${srange(summary.p50AddedMs.b, 2, " ms")}, (c) ${srange(summary.p50AddedMs.c, 2, " ms")}.`,
   ...(rounds.some((r) => r.heyInstrumented.b)
     ? [
       ``,
