@@ -50,6 +50,7 @@
 import { parseArgs } from "node:util";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
+import { AGENT_V8_FLAGS } from "./lib/agent_flags.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const DEFAULT_OUT = join(ROOT, "dist", "redprobe.js");
@@ -112,7 +113,7 @@ export async function bundle(options: BundleOptions = {}): Promise<BundleReport>
     );
     const { text, embedded, patchedModules } = await embedModuleFiles(bundled);
     checkSelfContained(text);
-    const final = `#!/usr/bin/env -S deno run -A --v8-flags=--max-semi-space-size=1\n` +
+    const final = `#!/usr/bin/env -S deno run -A ${AGENT_V8_FLAGS}\n` +
       `// redprobe, bundled from ${relative(ROOT, entry)} by scripts/bundle.ts. ` +
       `Run: deno run -A redprobe.js [command] [flags]\n` + text;
     await Deno.writeTextFile(out, final);

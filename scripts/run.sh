@@ -12,5 +12,6 @@ ensure_deno
 # Deno finds deno.json (import map, unstable flags) from main.ts's location.
 # A 1 MB young generation (V8's default grows to 16 MB per semi-space) keeps the agent ~16 MB
 # smaller; its allocations are short-lived, so the extra scavenges cost little
-# (bench/results/README.md, footprint and ingest). Every way of running the agent passes it.
+# (bench/results/README.md, footprint and ingest). Every way of running the agent passes it
+# (the TypeScript launchers take it from scripts/lib/agent_flags.ts).
 exec "$DENO" run -A --quiet --v8-flags=--max-semi-space-size=1 "$ROOT/main.ts" "$@"

@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parsePrometheusText, type Sample } from "../../tests/support/prom_text.ts";
+import { AGENT_V8_FLAGS } from "./agent_flags.ts";
 
 /** The repository's root directory. */
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -114,8 +115,7 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
       "run",
       "-A",
       "--quiet",
-      // As scripts/run.sh runs it.
-      "--v8-flags=--max-semi-space-size=1",
+      AGENT_V8_FLAGS,
       join(options.root ?? ROOT, "main.ts"),
       "--metrics-address",
       "127.0.0.1",

@@ -7,6 +7,7 @@
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { freePort } from "./ports.ts";
 import { parsePrometheusText, type Sample } from "./prom_text.ts";
+import { AGENT_V8_FLAGS } from "../../scripts/lib/agent_flags.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 
@@ -50,8 +51,7 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
       "run",
       "-A",
       "--quiet",
-      // As scripts/run.sh runs it.
-      "--v8-flags=--max-semi-space-size=1",
+      AGENT_V8_FLAGS,
       options.entry ?? join(ROOT, "main.ts"),
       "--config",
       configFile,
