@@ -16,6 +16,15 @@ import { pollUntil, portAccepts } from "../support/wait.ts";
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false };
 
+/** `main.ts args` run by setpriv with `setprivArgs` (capabilities taken away), to completion. */
+function mainUnderSetpriv(setprivArgs: string[], args: string[]): Promise<Deno.CommandOutput> {
+  return new Deno.Command("setpriv", {
+    args: [...setprivArgs, Deno.execPath(), "run", "-A", "--quiet", join(ROOT, "main.ts"), ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+}
+
 /** id -> name of the BPF programs loaded in the kernel now. */
 async function loadedPrograms(): Promise<Set<number>> {
   const out = await new Deno.Command("bpftool", {
@@ -133,12 +142,7 @@ Deno.test({
     const before = await loadedPrograms();
     // Root, but with the capabilities out of the bounding set: the exec'd agent lacks them.
     const drop = ["--bounding-set=-bpf,-perfmon,-sys_admin", "--inh-caps=-all"];
-    const agent = (...args: string[]) =>
-      new Deno.Command("setpriv", {
-        args: [...drop, Deno.execPath(), "run", "-A", "--quiet", join(ROOT, "main.ts"), ...args],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
+    const agent = (...args: string[]) => mainUnderSetpriv(drop, args);
     const doctor = await agent("doctor");
     const text = new TextDecoder().decode(doctor.stdout);
     assert.equal(doctor.code, 1, text);
@@ -257,11 +261,7 @@ Deno.test({
       "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace,+dac_read_search",
       "--inh-caps=-all",
     ];
-    const doctor = await new Deno.Command("setpriv", {
-      args: [...only, Deno.execPath(), "run", "-A", "--quiet", join(ROOT, "main.ts"), "doctor"],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
+    const doctor = await mainUnderSetpriv(only, ["doctor"]);
     const text = new TextDecoder().decode(doctor.stdout);
     assert.equal(doctor.code, 0, text);
     assert.match(text, /ok +privileges/);

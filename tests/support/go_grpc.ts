@@ -9,7 +9,7 @@
  */
 import { fileExists, haveGo } from "./go_binaries.ts";
 import { buildGoFixture } from "./go_build.ts";
-import { ManagedProcess } from "./managed_process.ts";
+import { ManagedProcess, releaseWhenReady } from "./managed_process.ts";
 import { pollUntil } from "./wait.ts";
 
 /** Where Debian installs golang-google-grpc-dev and its dependencies. */
@@ -172,18 +172,7 @@ export async function runGrpcClient(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  if (options.beforeCalls) {
-    const writer = child.stdin.getWriter();
-    try {
-      await options.beforeCalls(child.pid);
-      await writer.write(new TextEncoder().encode("go\n"));
-      await writer.close();
-    } catch (e) {
-      child.kill("SIGKILL");
-      await child.output().catch(() => {});
-      throw e;
-    }
-  }
+  if (options.beforeCalls) await releaseWhenReady(child, options.beforeCalls);
   const out = await child.output();
   const stdout = new TextDecoder().decode(out.stdout);
   const stderr = new TextDecoder().decode(out.stderr);

@@ -6,7 +6,7 @@
  * @module
  */
 import { buildGoFixture } from "./go_build.ts";
-import { ManagedProcess } from "./managed_process.ts";
+import { ManagedProcess, releaseWhenReady } from "./managed_process.ts";
 import { pollUntil } from "./wait.ts";
 
 export interface GoServer extends AsyncDisposable {
@@ -106,16 +106,7 @@ export async function runGoClient(options: {
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const writer = child.stdin.getWriter();
-  try {
-    await options.beforeSending(child.pid);
-    await writer.write(new TextEncoder().encode("go\n"));
-    await writer.close();
-  } catch (e) {
-    child.kill("SIGKILL");
-    await child.output().catch(() => {});
-    throw e;
-  }
+  await releaseWhenReady(child, options.beforeSending);
   const out = await child.output();
   const output = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   if (!out.success) throw new Error(`the Go client failed: ${output}`);

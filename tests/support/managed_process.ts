@@ -114,3 +114,24 @@ export class ManagedProcess {
     }
   }
 }
+
+/**
+ * Lets a child that waits for "go" on its stdin (the Go fixtures' `-wait`) start once
+ * `before(pid)` resolved (e.g. the agent instruments it). When `before` throws, the child is
+ * killed and reaped, and the error goes on.
+ */
+export async function releaseWhenReady(
+  child: Deno.ChildProcess,
+  before: (pid: number) => Promise<void>,
+): Promise<void> {
+  const writer = child.stdin.getWriter();
+  try {
+    await before(child.pid);
+    await writer.write(new TextEncoder().encode("go\n"));
+    await writer.close();
+  } catch (e) {
+    child.kill("SIGKILL");
+    await child.output().catch(() => {});
+    throw e;
+  }
+}
