@@ -11,7 +11,7 @@ import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
 import { sendRequests, startNginx, startPython } from "../support/mod.ts";
 import { startPrometheus } from "../support/prometheus.ts";
-import { pollUntil } from "../support/wait.ts";
+import { pollUntil, settledSamples } from "../support/wait.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 /** The programs of the default plugins (kprobe-http, tls-uprobe, go-http, go-grpc), at start. */
@@ -72,13 +72,12 @@ Deno.test({
         keepAlive: true,
       });
       assert.equal(result.statuses.get(200), 5);
-      const samples = await agent.samples();
-      assert.equal(
+      const counted = (samples: Sample[]) =>
         sumSamples(samples, "http_server_duration_seconds_count", {
           target_instance: `${Deno.hostname()}:${python.pid}`,
-        }),
-        5,
-      );
+        });
+      const samples = await settledSamples(agent, (s) => counted(s) >= 5);
+      assert.equal(counted(samples), 5);
       during = instrumented(samples);
     } finally {
       await python.stop();
@@ -185,10 +184,12 @@ Deno.test({
       keepAlive: true,
     });
     assert.equal(result.statuses.get(200), 3);
-    const samples = await agent.samples();
-    const mine = findSamples(samples, "http_server_duration_seconds_count", {
-      target_instance: `${Deno.hostname()}:${nginx.pid}`,
-    });
+    const ofNginx = { target_instance: `${Deno.hostname()}:${nginx.pid}` };
+    const samples = await settledSamples(
+      agent,
+      (s) => sumSamples(s, "http_server_duration_seconds_count", ofNginx) >= 3,
+    );
+    const mine = findSamples(samples, "http_server_duration_seconds_count", ofNginx);
     assert.deepEqual(
       mine.map((
         s,
@@ -232,11 +233,12 @@ Deno.test({
         keepAlive: true,
       });
     }
-    const samples = await agent.samples();
-    const count = (pid: number) =>
+    const countIn = (samples: Sample[], pid: number) =>
       sumSamples(samples, "http_server_duration_seconds_count", {
         target_instance: `node-7:${pid}`,
       });
+    const samples = await settledSamples(agent, (s) => countIn(s, a.pid) >= 2);
+    const count = (pid: number) => countIn(samples, pid);
     assert.equal(count(a.pid), 2);
     assert.equal(count(b.pid), 0, "excluded, though a selector matches it");
     const named = findSamples(samples, "http_server_duration_seconds_count", {

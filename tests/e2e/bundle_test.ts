@@ -8,10 +8,10 @@
 import assert from "node:assert/strict";
 import { startAgent } from "../support/agent.ts";
 import { startOtlpReceiver } from "../support/otlp_receiver.ts";
-import { waitFor } from "../support/wait.ts";
+import { settledSamples, waitFor } from "../support/wait.ts";
 import { dirname, fromFileUrl, join } from "../support/paths.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
-import { findSamples } from "../support/prom_text.ts";
+import { findSamples, sumSamples } from "../support/prom_text.ts";
 import { sendRequests, startNginx } from "../support/mod.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
@@ -163,10 +163,14 @@ Deno.test({
     });
     assert.deepEqual([...result.statuses], [[200, COUNT]]);
 
+    const ofNginx = { service_name: "nginx", target_instance: `${Deno.hostname()}:${nginx.pid}` };
     const samples = findSamples(
-      await agent.samples(),
+      await settledSamples(
+        agent,
+        (s) => sumSamples(s, "http_server_duration_seconds_count", ofNginx) >= COUNT,
+      ),
       "http_server_duration_seconds_count",
-      { service_name: "nginx", target_instance: `${Deno.hostname()}:${nginx.pid}` },
+      ofNginx,
     );
     assert.deepEqual(
       samples.map((

@@ -21,7 +21,7 @@ import {
 import { buildGoFixture } from "../support/go_build.ts";
 import { npmBinary } from "../support/npm_binaries.ts";
 import { ManagedProcess } from "../support/managed_process.ts";
-import { pollUntil } from "../support/wait.ts";
+import { countsReached, pollUntil, settledSamples } from "../support/wait.ts";
 import { inCi } from "../support/privileges.ts";
 
 const instance = (pid: number) => ({ target_instance: `${Deno.hostname()}:${pid}` });
@@ -72,7 +72,14 @@ async function exactCounts(agent: AgentHandle, stripped: boolean): Promise<void>
   });
   const expected = expectedGrpcObserved(PLAN);
   assert.deepEqual(client.observed, expected, "the client itself saw the plan");
-  const samples = await agent.samples();
+  // The server ends a call the client gave up on (deadline, cancel) when it notices: maybe after
+  // the client has exited. Wait for its counts (and the client's) to be there, then compare.
+  const samples = await settledSamples(
+    agent,
+    (s) =>
+      countsReached(rpcCounts(s, "rpc_client_duration_seconds", client.pid), expected) &&
+      countsReached(rpcCounts(s, "rpc_server_duration_seconds", server.pid), expected),
+  );
   assert.deepEqual(rpcCounts(samples, "rpc_client_duration_seconds", client.pid), expected);
   assert.deepEqual(rpcCounts(samples, "rpc_server_duration_seconds", server.pid), expected);
   // Not also counted as HTTP by go-http or kprobe-http.
@@ -143,7 +150,14 @@ Deno.test({
       const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
       assert.match(text, service ? /not_found/ : /SERVING/); // the error goes to stderr
     }
-    const samples = await agent.samples();
+    const served = {
+      "/grpc.health.v1.Health/Check 0": 2,
+      "/grpc.health.v1.Health/Check 5": 1,
+    };
+    const samples = await settledSamples(
+      agent,
+      (s) => countsReached(rpcCounts(s, "rpc_server_duration_seconds", server.pid), served),
+    );
     // buf's side is not measured (README, go-grpc): connect-go is not grpc-go, so go-grpc has
     // no probe in it; go-http would count each call as an HTTP/2 POST, but buf 1.75 is built
     // with Go 1.27, newer than go-http's offsets table (plugins/go_http/binary_test.ts); and
@@ -157,10 +171,7 @@ Deno.test({
       [],
     );
     // The grpc-go server side has each call with its gRPC status.
-    assert.deepEqual(rpcCounts(samples, "rpc_server_duration_seconds", server.pid), {
-      "/grpc.health.v1.Health/Check 0": 2,
-      "/grpc.health.v1.Health/Check 5": 1,
-    });
+    assert.deepEqual(rpcCounts(samples, "rpc_server_duration_seconds", server.pid), served);
   },
 });
 

@@ -14,13 +14,13 @@
 import assert from "node:assert/strict";
 import { type AgentHandle, startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
-import { countsByRequest, findSamples, sumSamples } from "../support/prom_text.ts";
+import { countsByRequest, findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
 import { runGoClient, startGoServer } from "../support/go_programs.ts";
 import { npmBinary } from "../support/npm_binaries.ts";
 import { ManagedProcess } from "../support/managed_process.ts";
 import { startPrometheus } from "../support/prometheus.ts";
 import { freePort } from "../support/ports.ts";
-import { pollUntil } from "../support/wait.ts";
+import { countsReached, pollUntil, settledSamples } from "../support/wait.ts";
 import { promtoolCheck } from "../support/tools.ts";
 import { startPython } from "../support/servers.ts";
 import { routeOf } from "../../lib/route.ts";
@@ -66,6 +66,18 @@ function sorted(c: Counts): Counts {
 
 const instanceOf = (pid: number) => `${Deno.hostname()}:${pid}`;
 
+/** http_server_duration_seconds_count per "METHOD STATUS ROUTE" of process `pid`. */
+function served(samples: Sample[], pid: number): Counts {
+  return countsByRequest(samples, "http_server_duration_seconds_count", {
+    target_instance: instanceOf(pid),
+  });
+}
+
+/** The agent's samples once process `pid` has served at least `want` (at most a few seconds). */
+function servedAtLeast(agent: AgentHandle, pid: number, want: Counts): Promise<Sample[]> {
+  return settledSamples(agent, (s) => countsReached(served(s, pid), want));
+}
+
 /**
  * The agent instruments `pid` with go-http, and a server with nothing else. A client that
  * serves nothing may also get kprobe-http (for any server side it might have).
@@ -102,9 +114,14 @@ async function checkFixtures(
   );
 
   const { counts, bytes } = expectedCounts(PLAN);
-  const samples = await agent.samples();
   const serverSide = { target_instance: instanceOf(server.pid) };
   const clientSide = { target_instance: instanceOf(client.pid) };
+  const samples = await settledSamples(
+    agent,
+    (s) =>
+      countsReached(served(s, server.pid), counts) &&
+      countsReached(countsByRequest(s, "http_client_duration_seconds_count", clientSide), counts),
+  );
   assert.deepEqual(
     sorted(countsByRequest(samples, "http_server_duration_seconds_count", serverSide)),
     sorted(counts),
@@ -180,13 +197,9 @@ Deno.test({
           /^\d \d{3}$/.test(l)
         );
         assert.deepEqual(lines, [...Array(6).fill("2 200"), ...Array(2).fill("2 503")]);
-        const samples = await agent.samples();
-        assert.deepEqual(
-          sorted(countsByRequest(samples, "http_server_duration_seconds_count", {
-            target_instance: instanceOf(server.pid),
-          })),
-          { "GET 200 /users/{id}": 6, "GET 503 /status/{id}": 2 },
-        );
+        const want = { "GET 200 /users/{id}": 6, "GET 503 /status/{id}": 2 };
+        const samples = await servedAtLeast(agent, server.pid, want);
+        assert.deepEqual(sorted(served(samples, server.pid)), want);
       },
     );
 
@@ -200,17 +213,12 @@ Deno.test({
       }).output();
       assert.ok(out.success, new TextDecoder().decode(out.stderr));
       assert.match(new TextDecoder().decode(out.stdout), /\[200\]\s+40 responses/);
-      const samples = await agent.samples();
+      const samples = await servedAtLeast(agent, server.pid, { "GET 200 /users/{id}": 40 });
       assert.deepEqual(
         countsByRequest(samples, "http_client_duration_seconds_count", { service_name: "hey" }),
         { "GET 200 /users/{id}": 40 },
       );
-      assert.deepEqual(
-        countsByRequest(samples, "http_server_duration_seconds_count", {
-          target_instance: instanceOf(server.pid),
-        }),
-        { "GET 200 /users/{id}": 40 },
-      );
+      assert.deepEqual(served(samples, server.pid), { "GET 200 /users/{id}": 40 });
     });
 
     await t.step("Debian's prometheus: its API served, its scrapes made", async () => {
@@ -247,10 +255,11 @@ Deno.test({
         await prometheus.stop();
       }
       const scrapes = await target.served("/scrape");
-      const samples = await agent.samples();
-      const server = countsByRequest(samples, "http_server_duration_seconds_count", {
-        target_instance: instanceOf(prometheus.pid),
+      const samples = await servedAtLeast(agent, prometheus.pid, {
+        "GET 200 /api/v1/query": 6,
+        "GET 404 /api/v1/nope": 3,
       });
+      const server = served(samples, prometheus.pid);
       assert.equal(server["GET 200 /api/v1/query"], 6, JSON.stringify(server));
       assert.equal(server["GET 404 /api/v1/nope"], 3, JSON.stringify(server));
       const client = countsByRequest(samples, "http_client_duration_seconds_count", {
@@ -278,13 +287,9 @@ Deno.test({
           await res.body?.cancel();
           assert.equal(res.status, 404);
         }
-        const samples = await agent.samples();
-        assert.deepEqual(
-          sorted(countsByRequest(samples, "http_server_duration_seconds_count", {
-            target_instance: instanceOf(proc.pid),
-          })),
-          { "GET 200 /hello.txt": 7, "GET 404 /missing.txt": 4 },
-        );
+        const want = { "GET 200 /hello.txt": 7, "GET 404 /missing.txt": 4 };
+        const samples = await servedAtLeast(agent, proc.pid, want);
+        assert.deepEqual(sorted(served(samples, proc.pid)), want);
       } finally {
         await proc.stop();
         await Deno.remove(dir, { recursive: true });
@@ -330,12 +335,10 @@ Deno.test({
     for (let i = 0; i < 6; i++) await (await fetch(`${plain.baseUrl}/users/${i}`)).text();
     const target = encodeURIComponent(`${upstream.baseUrl}/status/418`);
     for (let i = 0; i < 3; i++) await (await fetch(`${plain.baseUrl}/call?url=${target}`)).text();
-    const samples = await agent.samples();
+    const want = { "GET 200 /users/{id}": 6, "GET 418 /call": 3 };
+    const samples = await servedAtLeast(agent, plain.pid, want);
     const mine = { target_instance: instanceOf(plain.pid) };
-    assert.deepEqual(sorted(countsByRequest(samples, "http_server_duration_seconds_count", mine)), {
-      "GET 200 /users/{id}": 6,
-      "GET 418 /call": 3,
-    });
+    assert.deepEqual(sorted(served(samples, plain.pid)), want);
     assert.deepEqual(countsByRequest(samples, "http_client_duration_seconds_count", mine), {
       "GET 418 /status/{id}": 3,
     });
@@ -360,11 +363,10 @@ Deno.test({
     assert.match(line ?? "", / with kprobe-http$/);
     for (let i = 0; i < 9; i++) await (await fetch(`${server.baseUrl}/users/${i}`)).text();
     for (let i = 0; i < 2; i++) await (await fetch(`${server.baseUrl}/status/502`)).text();
+    const want = { "GET 200 /users/{id}": 9, "GET 502 /status/{id}": 2 };
     assert.deepEqual(
-      sorted(countsByRequest(await agent.samples(), "http_server_duration_seconds_count", {
-        target_instance: instanceOf(server.pid),
-      })),
-      { "GET 200 /users/{id}": 9, "GET 502 /status/{id}": 2 },
+      sorted(served(await servedAtLeast(agent, server.pid, want), server.pid)),
+      want,
     );
   },
 });

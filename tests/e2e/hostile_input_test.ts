@@ -48,7 +48,7 @@ import {
   startIsolatedAgent,
 } from "../support/isolated_agent.ts";
 import type { AgentHandle } from "../support/agent.ts";
-import { sleep } from "../support/wait.ts";
+import { countsReached, settledSamples, sleep } from "../support/wait.ts";
 
 const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false };
 
@@ -191,27 +191,23 @@ function assertAccounted(
 }
 
 /**
- * The agent's samples once every valid request the test sent shows up (at most 2 s): the server's
- * write can reach the client, and the client the next step, a moment before the probe that runs
- * at the end of that write has counted it. The assertions then run on these, unchanged.
+ * Whether every valid request the test sent since `before` shows up, server by server: what
+ * {@linkcode settledSamples} waits for before the assertions read the counts (the server's write
+ * can reach the client, and the client the next step, a moment before the probe that runs at
+ * the end of that write has counted it).
  */
-async function settledSamples(
-  agent: AgentHandle,
+function validCounted(
   before: Sample[],
   servers: ServerHandle[],
   expected: Expected,
-): Promise<Sample[]> {
-  let samples = await agent.samples();
-  for (let i = 0; i < 20; i++) {
-    const done = servers.every((server) => {
-      const delta = countsDelta(serverCounts(before, server), serverCounts(samples, server));
-      return Object.entries(expected.of(server)).every(([key, n]) => (delta[key] ?? 0) >= n);
-    });
-    if (done) break;
-    await sleep(100);
-    samples = await agent.samples();
-  }
-  return samples;
+): (samples: Sample[]) => boolean {
+  return (samples) =>
+    servers.every((server) =>
+      countsReached(
+        countsDelta(serverCounts(before, server), serverCounts(samples, server)),
+        expected.of(server),
+      )
+    );
 }
 
 function table(hostiles: Hostile[]): string {
@@ -243,7 +239,7 @@ Deno.test({
         hostiles.push(await hostile(server, "1 MiB of headers", [h1m], { route: "/h1m" }));
         await valid(server, expected);
       }
-      const after = await settledSamples(agent, before, servers, expected);
+      const after = await settledSamples(agent, validCounted(before, servers, expected));
       console.log(table(hostiles));
       for (const h of hostiles) {
         assert.ok(
@@ -303,7 +299,7 @@ Deno.test({
         );
         await valid(server, expected);
       }
-      const after = await settledSamples(agent, before, servers, expected);
+      const after = await settledSamples(agent, validCounted(before, servers, expected));
       console.log(table(hostiles));
       assert.equal(hostiles[0].status, 414, "nginx: 414 Request-URI Too Large");
       assertAccounted(before, after, servers, expected, hostiles);
@@ -373,7 +369,7 @@ Deno.test({
         }
         await valid(server, expected);
       }
-      const afterGarbage = await agent.samples();
+      const afterGarbage = await settledSamples(agent, validCounted(before, servers, expected));
       console.log(table(hostiles));
       // No invented request: exactly the valid ones were counted.
       assertAccounted(before, afterGarbage, servers, expected, hostiles);
@@ -455,7 +451,7 @@ Deno.test({
         );
         await valid(server, expected2);
       }
-      const after2 = await agent.samples();
+      const after2 = await settledSamples(agent, validCounted(before2, servers, expected2));
       console.log(table(hostiles2));
       const { counted, unmatched } = assertAccounted(
         before2,
@@ -567,7 +563,7 @@ Deno.test({
           assert.equal(status, i % 2 === 0 ? 404 : 200, `${server.kind} slowloris ${i}`);
           add(expected.of(server), i % 2 === 0 ? "GET 404 /slow/a" : "GET 200 /users/{id}");
         }
-        const during = await agent.samples();
+        const during = await settledSamples(agent, validCounted(before, servers, expected));
         console.log(table(hostiles));
         // Nothing counted for the half heads; Python and Node answer one that ends in EOF
         // (400/404) mid-head: unmatched. The idle half heads are still open: nothing yet.
@@ -616,10 +612,15 @@ Deno.test({
       ),
     ]);
     assert.equal(r.status, 200, "Node serves it");
-    const after = await agent.samples();
+    const want = { "GET 200 /hello": 1 };
+    const after = await settledSamples(
+      agent,
+      (samples) =>
+        countsReached(countsDelta(serverCounts(before, node), serverCounts(samples, node)), want),
+    );
     assert.deepEqual(
       countsDelta(serverCounts(before, node), serverCounts(after, node)),
-      { "GET 200 /hello": 1 },
+      want,
       `parse_limit_reached +${
         kernelEvent(after, "parse_limit_reached") - kernelEvent(before, "parse_limit_reached")
       }, unmatched_responses +${

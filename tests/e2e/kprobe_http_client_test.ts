@@ -8,9 +8,10 @@
 import assert from "node:assert/strict";
 import { startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
-import { countsByRequest, findSamples, type Sample } from "../support/prom_text.ts";
+import { countsByRequest, findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
 import { sendRequests, startNginx, startPython } from "../support/mod.ts";
 import { assertWrkCounted, runClient, runWrk } from "../support/clients.ts";
+import { settledSamples } from "../support/wait.ts";
 
 type Counts = Record<string, number>;
 
@@ -213,8 +214,14 @@ Deno.test({
     );
     assert.deepEqual(byPeer, { [`127.0.0.1:${a.port}`]: 3, [`127.0.0.1:${b.port}`]: 1 });
     assert.ok(samples.every((s) => s.labels.url_path === "/hello"));
-    // The servers' side: who sent the requests, and the path (the query never).
-    const all = await agent.samples();
+    // The servers' side: who sent the requests, and the path (the query never). curl can have
+    // read b's response before b's probe counted it: wait for both servers' counts.
+    const servedBy = (samples: Sample[], pid: number) =>
+      sumSamples(samples, "http_server_duration_seconds_count", instance(pid));
+    const all = await settledSamples(
+      agent,
+      (s) => servedBy(s, a.pid) >= 3 && servedBy(s, b.pid) >= 1,
+    );
     for (const [server, n] of [[a, 3], [b, 1]] as const) {
       const served = findSamples(all, "http_server_duration_seconds_count", instance(server.pid));
       assert.deepEqual(

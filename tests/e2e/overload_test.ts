@@ -28,7 +28,7 @@ import {
   startIsolatedAgent,
 } from "../support/isolated_agent.ts";
 import type { AgentHandle } from "../support/agent.ts";
-import { pollUntil } from "../support/wait.ts";
+import { pollUntil, settledSamples } from "../support/wait.ts";
 
 const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false };
 
@@ -88,6 +88,24 @@ function minus(a: Totals, b: Totals): Totals {
   };
 }
 
+/**
+ * The totals once `sent` more requests than `since` shows are accounted for (counted or lost),
+ * or after a few seconds: hey can read nginx's last responses a moment before the probe that
+ * counts them (at the end of nginx's write) has run. The caller asserts the exact numbers.
+ */
+async function settledTotals(
+  agent: AgentHandle,
+  instance: Record<string, string>,
+  since: Totals,
+  sent: number,
+): Promise<Totals> {
+  const samples = await settledSamples(agent, (s) => {
+    const d = minus(totals(s, instance), since);
+    return d.counted + d.lost >= sent;
+  });
+  return totals(samples, instance);
+}
+
 /** The state letter in /proc/<pid>/stat (R, S, T for stopped, ...). */
 function processState(pid: number): string {
   const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
@@ -123,7 +141,7 @@ Deno.test({
 
     // Running: 20,000 requests, all read.
     const rps = await hey(url, 20_000);
-    const t1 = totals(await agent.samples(), instance);
+    const t1 = await settledTotals(agent, instance, t0, 20_000);
     const warm = minus(t1, t0);
     console.log(`running: ${Math.round(rps)} req/s, ${JSON.stringify(warm)}`);
     assert.equal(warm.counted + warm.lost, 20_000);
@@ -133,11 +151,11 @@ Deno.test({
     // drains it first).
     const stalledRps = await whileStopped(agent, () => hey(url, STALLED));
     const resumed = performance.now();
-    const t2 = totals(await agent.samples(), instance);
+    const t2 = await settledTotals(agent, instance, t1, STALLED);
     const stalled = minus(t2, t1);
     console.log(
       `stalled: ${Math.round(stalledRps)} req/s, ${JSON.stringify(stalled)} (ring: ` +
-        `${RING_RECORDS} records), first scrape ${Math.round(performance.now() - resumed)} ms ` +
+        `${RING_RECORDS} records), read ${Math.round(performance.now() - resumed)} ms ` +
         `after SIGCONT`,
     );
     assert.equal(stalled.counted + stalled.lost, STALLED, "counted + lost == sent");
@@ -148,7 +166,7 @@ Deno.test({
 
     // Afterwards: exact again, no new loss.
     await hey(url, 10_000);
-    const t3 = totals(await agent.samples(), instance);
+    const t3 = await settledTotals(agent, instance, t2, 10_000);
     assert.deepEqual(minus(t3, t2), { counted: 10_000, lost: 0, read: 10_000, dropped: 0 });
 
     const { rss, samples } = await assertAgentHealthy(agent, rssBefore, 10);
@@ -170,7 +188,7 @@ Deno.test({
     const rssBefore = rssBytes(agent.pid);
     const t0 = totals(await agent.samples(), instance);
     await whileStopped(agent, () => hey(url, STALLED));
-    const t1 = totals(await agent.samples(), instance);
+    const t1 = await settledTotals(agent, instance, t0, STALLED);
     assert.deepEqual(minus(t1, t0), { counted: STALLED, lost: 0, read: 0, dropped: 0 });
     const { rss } = await assertAgentHealthy(agent, rssBefore, 10);
     console.log(`agent RSS ${mib(rssBefore)} -> ${mib(rss)} MiB`);

@@ -9,7 +9,8 @@
 import assert from "node:assert/strict";
 import { type AgentHandle, startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
-import { findSamples, sumSamples } from "../support/prom_text.ts";
+import { countsByRequest, findSamples, sumSamples } from "../support/prom_text.ts";
+import { countsReached, settledSamples } from "../support/wait.ts";
 import { promtoolCheck } from "../support/tools.ts";
 import {
   type RequestSpec,
@@ -112,8 +113,12 @@ async function checkServer(
   for (const pid of await server.pids()) await agent.waitForPid(pid);
   const { expected, clientSeconds, requests } = await drive(server, modes);
   const instance = `${Deno.hostname()}:${server.pid}`;
-  const samples = await agent.samples();
   const mine = { target_instance: instance };
+  const want = Object.fromEntries([...expected].map(([k, v]) => [k, v.count]));
+  const samples = await settledSamples(
+    agent,
+    (s) => countsReached(countsByRequest(s, "http_server_duration_seconds_count", mine), want),
+  );
 
   const counts = findSamples(samples, "http_server_duration_seconds_count", mine);
   const actual = new Map(counts.map((s) => [

@@ -8,10 +8,10 @@ import assert from "node:assert/strict";
 import { dirname, fromFileUrl, join } from "../support/paths.ts";
 import { startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
-import { sumSamples } from "../support/prom_text.ts";
+import { type Sample, sumSamples } from "../support/prom_text.ts";
 import { freePort, sendRequests, startPython } from "../support/mod.ts";
 import { ManagedProcess } from "../support/managed_process.ts";
-import { pollUntil, portAccepts } from "../support/wait.ts";
+import { pollUntil, portAccepts, settledSamples } from "../support/wait.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false };
@@ -71,14 +71,15 @@ Deno.test({
     const service = `restart-${Deno.pid}`;
     const send = (count: number) =>
       sendRequests({ port, spec: { method: "GET", path: "/hello" }, count, keepAlive: true });
-    const counted = async () =>
-      sumSamples(await agent.samples(), "http_server_duration_seconds_count", {
-        service_name: service,
-      });
+    const countIn = (samples: Sample[]) =>
+      sumSamples(samples, "http_server_duration_seconds_count", { service_name: service });
+    /** The count once it reached `atLeast` (or after a few seconds): the assertions want it exact. */
+    const counted = async (atLeast: number) =>
+      countIn(await settledSamples(agent, (s) => countIn(s) >= atLeast));
     const first = await python(port, service);
     await agent.waitForPid(first.pid);
     await send(5);
-    assert.equal(await counted(), 5);
+    assert.equal(await counted(5), 5);
     await first.stop();
     await agent.waitForRelease(first.pid);
 
@@ -89,7 +90,7 @@ Deno.test({
       const ms = performance.now() - started;
       assert.ok(ms < 2_000, `instrumented again after ${Math.round(ms)} ms`);
       await send(7);
-      assert.equal(await counted(), 12, "5 before the restart, 7 after, none lost or doubled");
+      assert.equal(await counted(12), 12, "5 before the restart, 7 after, none lost or doubled");
     } finally {
       await second.stop();
     }
@@ -225,8 +226,9 @@ Deno.test({
     });
     const server = await startPython();
     const instance = { target_instance: `${Deno.hostname()}:${server.pid}` };
-    const count = async () =>
-      sumSamples(await agent.samples(), "http_server_duration_seconds_count", instance);
+    const countIn = (samples: Sample[]) =>
+      sumSamples(samples, "http_server_duration_seconds_count", instance);
+    const count = async () => countIn(await agent.samples());
     try {
       await agent.waitForPid(server.pid);
       await sendRequests({
@@ -235,7 +237,7 @@ Deno.test({
         count: 3,
         keepAlive: true,
       });
-      assert.equal(await count(), 3);
+      assert.equal(countIn(await settledSamples(agent, (s) => countIn(s) >= 3)), 3);
     } finally {
       await server.stop();
     }
@@ -273,12 +275,10 @@ Deno.test({
       count: 7,
       keepAlive: true,
     });
-    const samples = await agent.samples();
-    assert.equal(
+    const served = (samples: Sample[]) =>
       sumSamples(samples, "http_server_duration_seconds_count", {
         target_instance: `${Deno.hostname()}:${server.pid}`,
-      }),
-      7,
-    );
+      });
+    assert.equal(served(await settledSamples(agent, (s) => served(s) >= 7)), 7);
   },
 });

@@ -7,9 +7,10 @@
 import assert from "node:assert/strict";
 import { startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
-import { findSamples } from "../support/prom_text.ts";
+import { findSamples, sumSamples } from "../support/prom_text.ts";
 import { HttpConnection, startNginx } from "../support/mod.ts";
 import { seededRandom } from "../support/clients.ts";
+import { settledSamples } from "../support/wait.ts";
 
 const CAP = 50;
 const RANDOM_URLS = Number(Deno.env.get("ROUTES_N") ?? 100_000);
@@ -59,10 +60,12 @@ Deno.test({
       }
     }));
 
-    const samples = await agent.samples();
-    const series = findSamples(samples, "http_server_duration_seconds_count", {
-      target_instance: `${Deno.hostname()}:${nginx.pid}`,
-    });
+    const ofNginx = { target_instance: `${Deno.hostname()}:${nginx.pid}` };
+    const samples = await settledSamples(
+      agent,
+      (s) => sumSamples(s, "http_server_duration_seconds_count", ofNginx) >= RANDOM_URLS + 30,
+    );
+    const series = findSamples(samples, "http_server_duration_seconds_count", ofNginx);
     const byRoute = new Map<string, number>();
     for (const s of series) {
       byRoute.set(s.labels.http_route, (byRoute.get(s.labels.http_route) ?? 0) + s.value);

@@ -20,7 +20,7 @@ import {
   startPython,
   testCertificate,
 } from "../support/mod.ts";
-import { pollUntil } from "../support/wait.ts";
+import { countsReached, pollUntil, settledSamples } from "../support/wait.ts";
 import { assertWrkCounted, runClient, runWrk } from "../support/clients.ts";
 
 type Counts = Record<string, number>;
@@ -29,6 +29,14 @@ const instance = (pid: number) => ({ target_instance: `${Deno.hostname()}:${pid}
 
 function serverCounts(samples: Sample[], pid: number): Counts {
   return countsByRequest(samples, "http_server_duration_seconds_count", instance(pid));
+}
+
+/**
+ * The agent's samples once process `pid` has served at least `want` (at most a few seconds): a
+ * client can read a response a moment before the probe that counts it on the server has run.
+ */
+function servedAtLeast(agent: AgentHandle, pid: number, want: Counts): Promise<Sample[]> {
+  return settledSamples(agent, (s) => countsReached(serverCounts(s, pid), want));
 }
 
 function clientCounts(samples: Sample[], pid: number): Counts {
@@ -99,7 +107,7 @@ Deno.test({
         await using server = await start();
         await instrumented(agent, server);
         const expected = await sendMix(server, keepAlive);
-        const samples = await agent.samples();
+        const samples = await servedAtLeast(agent, server.pid, expected);
         assert.deepEqual(serverCounts(samples, server.pid), expected);
         const sizes = findSamples(samples, "http_server_request_size_bytes_sum", {
           ...instance(server.pid),
@@ -258,7 +266,11 @@ Deno.test({
         keepAlive: false,
       });
       assert.deepEqual([...sent.statuses], [[400, 1]]);
-      assert.deepEqual(serverCounts(await agent.samples(), server.pid), { "GET 400 /plain": 1 });
+      const want = { "GET 400 /plain": 1 };
+      assert.deepEqual(
+        serverCounts(await servedAtLeast(agent, server.pid, want), server.pid),
+        want,
+      );
     });
 
     await t.step("a server that never answers: an error on both sides, once", async () => {
@@ -315,7 +327,8 @@ Deno.test({
         caCert,
       });
       assert.deepEqual([...sent.statuses], [[200, 3]]);
-      assert.equal(serverCounts(await agent.samples(), server.pid)["GET 200 /hello"], 3);
+      const samples = await servedAtLeast(agent, server.pid, { "GET 200 /hello": 3 });
+      assert.equal(serverCounts(samples, server.pid)["GET 200 /hello"], 3);
     });
   },
 });
@@ -360,7 +373,12 @@ Deno.test({
     assert.deepEqual(byPeer, { [`127.0.0.1:${a.port}`]: 3, [`127.0.0.1:${b.port}`]: 1 });
     assert.ok(samples.every((s) => s.labels.url_path === "/hello"));
     // The servers' side: who sent the requests, and the path (the query never).
-    const all = await agent.samples();
+    const all = await settledSamples(
+      agent,
+      (s) =>
+        countsReached(serverCounts(s, a.pid), { "GET 200 /hello": 3 }) &&
+        countsReached(serverCounts(s, b.pid), { "GET 200 /hello": 1 }),
+    );
     for (const [server, n] of [[a, 3], [b, 1]] as const) {
       const served = findSamples(all, "http_server_duration_seconds_count", instance(server.pid));
       assert.deepEqual(
@@ -387,7 +405,12 @@ Deno.test({
       assert.deepEqual(serverCounts(await agent.samples(), first.pid), {});
       const expectedFirst = await sendMix(first, true);
       const expectedSecond = await sendMix(second, true);
-      const samples = await agent.samples();
+      const samples = await settledSamples(
+        agent,
+        (s) =>
+          countsReached(serverCounts(s, first.pid), expectedFirst) &&
+          countsReached(serverCounts(s, second.pid), expectedSecond),
+      );
       assert.deepEqual(serverCounts(samples, first.pid), expectedFirst);
       assert.deepEqual(serverCounts(samples, second.pid), expectedSecond);
     } finally {
@@ -396,7 +419,8 @@ Deno.test({
     await agent.waitForRelease(first.pid);
     // The attachment stays for the server still running.
     const again = await sendMix(second, false);
-    const counts = serverCounts(await agent.samples(), second.pid);
+    const twice = Object.fromEntries(Object.entries(again).map(([key, n]) => [key, 2 * n]));
+    const counts = serverCounts(await servedAtLeast(agent, second.pid, twice), second.pid);
     for (const [key, n] of Object.entries(again)) assert.equal(counts[key], 2 * n, key);
   },
 });

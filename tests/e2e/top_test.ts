@@ -10,6 +10,8 @@ import { startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { dirname, fromFileUrl, join } from "../support/paths.ts";
 import { sendRequests, startNginx, startPython } from "../support/mod.ts";
+import { type Sample, sumSamples } from "../support/prom_text.ts";
+import { settledSamples } from "../support/wait.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 
@@ -91,6 +93,20 @@ Deno.test({
       });
       assert.deepEqual([...sent.statuses], [[status, count]], path);
     }
+
+    // `top` reads the counts itself: first wait until the agent has them all (a client can read
+    // a response a moment before the probe that counts it on the server has run). nginx served
+    // the plan; the /proxy/ requests are also nginx's client requests and Python's.
+    const sent = PLAN.reduce((n, p) => n + p.count, 0);
+    const proxied = PLAN.filter((p) => p.path.startsWith("/proxy/")).reduce(
+      (n, p) => n + p.count,
+      0,
+    );
+    const counted = (samples: Sample[]) =>
+      sumSamples(samples, "http_server_duration_seconds_count", { service_name: "top-e2e-nginx" }) +
+      sumSamples(samples, "http_client_duration_seconds_count", { service_name: "top-e2e-nginx" }) +
+      sumSamples(samples, "http_server_duration_seconds_count", { service_name: "top-e2e-python" });
+    await settledSamples(agent, (s) => counted(s) >= sent + 2 * proxied);
 
     const url = `http://127.0.0.1:${agent.port}/metrics`;
     const once = await top(["--once", "--interval", "0", "--url", url]);
