@@ -52,8 +52,8 @@ export function aggregatesInKernel(
  * nginx's, some seconds of a busy server while the agent is slow), 2 MiB when the histograms
  * are kept in the kernel and records are the exception: the requests that cannot be aggregated
  * (a server with more distinct paths than the path table holds; 100,000 distinct URLs in
- * tests/e2e/routes_test.ts lost records with 1 MiB). The ring is mapped into the agent twice
- * (its data pages, for records that wrap), so this is 2x its share of the agent's RSS.
+ * tests/e2e/routes_test.ts lost records with 1 MiB). The agent maps the ring whole (the kernel
+ * populates every page of the mapping), so this is its share of the agent's RSS.
  */
 export function eventsRingBytes(inKernel: boolean): number {
   return inKernel ? 2 << 20 : 8 << 20;

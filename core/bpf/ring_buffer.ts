@@ -7,9 +7,13 @@
  * running), then walks the records in JS through one DataView: ~50-100 ns per event.
  *
  * Memory layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (we write it), page 1
- * the producer position; the data area follows and is mapped twice in a row, so a record that
- * wraps around the end is still contiguous. Each record is an 8-byte header
- * `{u32 len | BUSY<<31 | DISCARD<<30; u32 pg_off}` then `len` bytes, padded to 8.
+ * the producer position; the data area follows. The kernel offers the data area twice in a row,
+ * so that a record wrapping around the end is contiguous (libbpf maps both copies). The agent
+ * maps it once: the kernel pre-populates every page of the mapping, so the second copy would
+ * cost the agent's RSS the ring's size again (8 MiB for four 2 MiB rings) to spare a copy of
+ * the rare record that wraps; such a record is copied into a scratch buffer instead. Each record
+ * is an 8-byte header `{u32 len | BUSY<<31 | DISCARD<<30; u32 pg_off}` then `len` bytes, padded
+ * to 8; headers are 8-aligned and the size a power of two, so a header never wraps.
  *
  * @module
  */
@@ -39,12 +43,12 @@ export interface DrainResult {
 }
 
 /**
- * Walks the records between `consumer` and `producer` in `data` (the twice-mapped data area,
- * `2 * size` bytes) and hands each committed, non-discarded record to `onRecord`. Stops at a
- * record the producer has not committed yet. Pure: unit-tested on plain memory.
+ * Walks the records between `consumer` and `producer` in `data` (the data area, `size` bytes,
+ * mapped once) and hands each committed, non-discarded record to `onRecord`. Stops at a record
+ * the producer has not committed yet. Pure: unit-tested on plain memory.
  *
- * `onRecord` gets a view into the ring, valid only during the call: decoders must copy what
- * they keep.
+ * `onRecord` gets a view into the ring (or, for a record that wraps past the end, into a scratch
+ * copy), valid only during the call: decoders must copy what they keep.
  */
 export function drainRecords(
   data: DataView,
@@ -54,7 +58,7 @@ export function drainRecords(
   onRecord: (record: Uint8Array) => void,
 ): DrainResult {
   const mask = size - 1;
-  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const bytes = new Uint8Array(data.buffer, data.byteOffset, size);
   let records = 0;
   while (consumer < producer) {
     const at = consumer & mask;
@@ -63,7 +67,16 @@ export function drainRecords(
     const len = header & 0x3fff_ffff;
     if (!(header & RINGBUF_DISCARD_BIT)) {
       records++;
-      onRecord(bytes.subarray(at + RINGBUF_HDR_SZ, at + RINGBUF_HDR_SZ + len));
+      const start = at + RINGBUF_HDR_SZ; // <= size: the header never wraps
+      if (start + len <= size) {
+        onRecord(bytes.subarray(start, start + len));
+      } else {
+        const record = new Uint8Array(len);
+        const head = size - start;
+        record.set(bytes.subarray(start, size));
+        record.set(bytes.subarray(0, len - head), head);
+        onRecord(record);
+      }
     }
     consumer += (len + RINGBUF_HDR_SZ + 7) & ~7;
   }
@@ -119,7 +132,7 @@ export class RingBufferReader implements AsyncDisposable {
       c.mmap(null, BigInt(this.#pageSize), PROT_READ | PROT_WRITE, MAP_SHARED, this.#fd, 0n),
       `map consumer page of ring buffer "${this.name}"`,
     );
-    const producerLen = this.#pageSize + 2 * this.size;
+    const producerLen = this.#pageSize + this.size;
     try {
       this.#producerPtr = mapOrThrow(
         c.mmap(null, BigInt(producerLen), PROT_READ, MAP_SHARED, this.#fd, BigInt(this.#pageSize)),
@@ -132,7 +145,7 @@ export class RingBufferReader implements AsyncDisposable {
     this.#consumer = new DataView(Deno.UnsafePointerView.getArrayBuffer(this.#consumerPtr, 8));
     const producerBuf = Deno.UnsafePointerView.getArrayBuffer(this.#producerPtr, producerLen);
     this.#producer = new DataView(producerBuf, 0, 8);
-    this.#data = new DataView(producerBuf, this.#pageSize, 2 * this.size);
+    this.#data = new DataView(producerBuf, this.#pageSize, this.size);
     this.#wakeFd = check(c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "create eventfd");
     const pfd = new DataView(this.#pollFds.buffer);
     pfd.setInt32(0, this.#fd, true);
@@ -197,7 +210,7 @@ export class RingBufferReader implements AsyncDisposable {
     libc().write(this.#wakeFd, new Uint8Array(one.buffer), 8n);
     await this.#loop;
     const c = libc();
-    c.munmap(this.#producerPtr, BigInt(this.#pageSize + 2 * this.size));
+    c.munmap(this.#producerPtr, BigInt(this.#pageSize + this.size));
     c.munmap(this.#consumerPtr, BigInt(this.#pageSize));
     c.close(this.#wakeFd);
   }

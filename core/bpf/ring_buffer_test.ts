@@ -6,10 +6,10 @@ const DISCARD = 0x4000_0000;
 const HEADER = 8;
 
 /**
- * A BPF ring buffer's data area as user space sees it: `size` bytes mapped twice in a row, so
- * every byte written at position p appears at p % size and p % size + size. Records are laid
- * out as the kernel does: an 8-byte header {len | BUSY | DISCARD, pg_off}, the data, padding
- * to 8 bytes.
+ * A BPF ring buffer's data area as the agent maps it: `size` bytes, once, so a byte written at
+ * position p appears at p % size. Records are laid out as the kernel does: an 8-byte header
+ * {len | BUSY | DISCARD, pg_off}, the data, padding to 8 bytes. The view ends with the ring:
+ * a read past the end throws.
  */
 class FakeRing {
   readonly size: number;
@@ -21,10 +21,10 @@ class FakeRing {
   constructor(size: number, options: { start?: number; prefix?: number } = {}) {
     this.size = size;
     const prefix = options.prefix ?? 0;
-    const buffer = new ArrayBuffer(prefix + 2 * size);
+    const buffer = new ArrayBuffer(prefix + size + 64);
     new Uint8Array(buffer).fill(0xee); // never-written memory is not zero
-    this.bytes = new Uint8Array(buffer, prefix, 2 * size);
-    this.data = new DataView(buffer, prefix, 2 * size);
+    this.bytes = new Uint8Array(buffer, prefix, size);
+    this.data = new DataView(buffer, prefix, size);
     this.producer = options.start ?? 0;
   }
 
@@ -32,7 +32,6 @@ class FakeRing {
     for (let i = 0; i < bytes.length; i++) {
       const at = (position + i) % this.size;
       this.bytes[at] = bytes[i];
-      this.bytes[at + this.size] = bytes[i];
     }
   }
 
@@ -140,7 +139,7 @@ Deno.test("drainRecords() treats a record with both BUSY and DISCARD as busy", (
   assert.deepEqual(ring.drain(at), { consumer: at, records: 0, seen: [] });
 });
 
-Deno.test("drainRecords() reads a record whose data wraps past the end through the second mapping", () => {
+Deno.test("drainRecords() reads a record whose data wraps past the end, as one contiguous copy", () => {
   const size = 128;
   // Start near the end: the header fits before the end, the data wraps.
   const ring = new FakeRing(size, { start: 3 * size + 104 });
