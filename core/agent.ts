@@ -23,6 +23,7 @@ import type { PluginModuleFailure } from "./plugin_modules.ts";
 import { exePath, parseEnviron, serviceIdentity } from "../lib/proc.ts";
 import { RouteMapper } from "../lib/route.ts";
 import { Selector } from "../lib/selectors.ts";
+import { releaseX86Decoder } from "../lib/x86_decoder.ts";
 
 /** The number of observations in a histogram delta. */
 function sumOf(counts: ArrayLike<number>): number {
@@ -63,6 +64,8 @@ const TELEMETRY_EXECUTABLES = [{ exe: "*/otelcol*" }, { exe: "*/prometheus" }];
 
 /** How long an exited process's labels are kept, for events still in flight (close flushes). */
 const RELEASED_LABELS_TTL_MS = 60_000;
+/** Quiet time after the last newly instrumented process before memory is compacted. */
+const COMPACT_AFTER_MS = 2_000;
 
 /** Thrown when no plugin could start: the agent cannot do anything useful. */
 export class AgentStartError extends Error {
@@ -100,6 +103,7 @@ export class Agent implements AsyncDisposable {
   #otlp: OtlpExport | undefined;
   #server: Deno.HttpServer<Deno.NetAddr> | undefined;
   #timer: ReturnType<typeof setInterval> | undefined;
+  #compaction: ReturnType<typeof setTimeout> | undefined;
   #stopped = false;
   #addr: Deno.NetAddr | undefined;
 
@@ -288,6 +292,32 @@ export class Agent implements AsyncDisposable {
     options.onListen?.(this.#addr);
   }
 
+  /**
+   * Instrumenting processes is the agent's allocation burst: binaries analysed, BPF objects
+   * loaded, maps filled. V8 leaves that garbage in its old generation until its memory reducer
+   * runs (30 s or more), and libbpf's frees stay in the C heap, so without this the agent sits
+   * ~20 MB above its working set after every burst (bench/results/footprint.md). Once a burst is
+   * over (no new process for COMPACT_AFTER_MS), the x86 decoder's worker is let go (~12 MB,
+   * lib/x86_decoder.ts), then one full GC (exposed by `--expose-gc`, which every launcher
+   * passes; without it, V8's own schedule) and a malloc_trim give that memory back.
+   * A full GC of this heap takes ~10-20 ms on the agent's thread: the rings absorb it.
+   */
+  #compactSoon(): void {
+    if (this.#compaction !== undefined) clearTimeout(this.#compaction);
+    this.#compaction = setTimeout(() => {
+      this.#compaction = undefined;
+      if (this.#stopped) return;
+      releaseX86Decoder();
+      // The worker's isolate goes away on its own thread: collect once it has.
+      this.#compaction = setTimeout(() => {
+        this.#compaction = undefined;
+        if (this.#stopped) return;
+        (globalThis as { gc?: () => void }).gc?.();
+        trimNativeHeap();
+      }, 500);
+    }, COMPACT_AFTER_MS);
+  }
+
   /** Reads every plugin's ring buffer now. */
   drain(): void {
     for (const host of this.#hosts) host.drain();
@@ -332,6 +362,7 @@ export class Agent implements AsyncDisposable {
           (plugins.length ? ` with ${plugins.join(", ")}` : ": no plugin applies"),
       );
     }
+    if (change.added.length > 0) this.#compactSoon();
     const now = Date.now();
     for (const [pid, at] of this.#released) {
       // A series_ttl shorter than the labels' keeps them no longer than the series.
@@ -443,6 +474,7 @@ export class Agent implements AsyncDisposable {
     if (this.#stopped) return;
     this.#stopped = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
+    if (this.#compaction !== undefined) clearTimeout(this.#compaction);
     for (const host of this.#hosts.splice(0).reverse()) {
       try {
         await host.close();

@@ -1,6 +1,6 @@
 /**
  * What every plugin that probes Go programs needs of an executable, on top of the readers of
- * lib/go_pclntab.ts, lib/go_buildinfo.ts and lib/x86_sites.ts: open it (ELF, function table, Go
+ * lib/go_pclntab.ts, lib/go_buildinfo.ts and lib/x86_sites.ts (through lib/x86_decoder.ts): open it (ELF, function table, Go
  * version) or say in one word why it cannot be used, turn a function name into a probe site,
  * tell cheaply whether a file is a Go program, and cache analyses by file identity. Pure but for
  * reading files.
@@ -10,7 +10,7 @@
 import { ElfError, ElfFile } from "./elf.ts";
 import { type GoFunctionTable, GoPclntabError, readGoFunctions } from "./go_pclntab.ts";
 import { compareGoVersions, parseGoVersion, readGoBuildInfo } from "./go_buildinfo.ts";
-import { findEntryProbeSite, findReturnSites, X86DecodeError } from "./x86_sites.ts";
+import { findEntryProbeSite, findReturnSites, X86DecodeError } from "./x86_decoder.ts";
 
 /**
  * Why a binary is left alone: a `reason` label of an internal counter. The common ones, and any

@@ -111,29 +111,14 @@ import {
   Register,
   RegisterExt,
 } from "iced-x86";
+import {
+  type CEntryProbeSite,
+  type EntryProbeSite,
+  type UprobeHandling,
+  X86DecodeError,
+} from "./x86_types.ts";
 
-/** Bytes that do not decode as x86-64 instructions where an instruction should be. */
-export class X86DecodeError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "X86DecodeError";
-  }
-}
-
-/** An entry uprobe site: see the module documentation for the rule that picks it. */
-export interface EntryProbeSite {
-  /** Virtual address of the instruction to probe. */
-  address: number;
-  /** The instruction there, in Intel syntax ("jbe 0x64c063"). */
-  instruction: string;
-  /** Whether the kernel emulates it (a cheap probe) rather than single-stepping it. */
-  emulated: boolean;
-  /** Bytes pushed between the entry and the site: RSP at the site is RSP at entry minus this. */
-  stackDelta: number;
-}
-
-/** How Linux's x86 uprobes handle the instruction `bytes` start with. */
-export type UprobeHandling = "emulated" | "single-stepped" | "rejected";
+export { type CEntryProbeSite, type EntryProbeSite, type UprobeHandling, X86DecodeError };
 
 /**
  * Virtual addresses of every near return (`ret`, `ret imm16`, with any prefix) in the function
@@ -182,14 +167,6 @@ export function findEntryProbeSite(code: Uint8Array, address: number): EntryProb
   if (site) return site;
   if (entry) return entry;
   throw new X86DecodeError(`Cannot find an entry site at 0x${address.toString(16)}: no code`);
-}
-
-/** An entry uprobe site in a C function: see "C functions" in the module documentation. */
-export interface CEntryProbeSite {
-  /** Virtual address of the instruction to probe. */
-  address: number;
-  /** How the kernel handles the instruction there: "emulated" unless it is the entry itself. */
-  handling: UprobeHandling;
 }
 
 /**

@@ -2,7 +2,9 @@
  * Builds the single-file artefact: one JavaScript file with the whole agent in it (every BPF
  * object, the default configuration, the offsets tables, every npm package and the WebAssembly
  * they load), which runs with `deno run -A redprobe.js` on a machine that has Deno and libbpf1
- * and nothing else of this repository, not even Deno's npm cache.
+ * and nothing else of this repository, not even Deno's npm cache. The x86 decoder runs in a
+ * worker (lib/x86_decoder.ts): its module is bundled on its own and carried in the artefact as
+ * a string, from which the agent starts the worker.
  *
  *   deno run -A scripts/bundle.ts                      writes dist/redprobe.js (`deno task bundle`)
  *   deno run -A scripts/bundle.ts --out /tmp/x.js      writes elsewhere
@@ -51,6 +53,7 @@ import { parseArgs } from "node:util";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { AGENT_V8_FLAGS } from "./lib/agent_flags.ts";
+import { BUNDLED_WORKER_SOURCE } from "../lib/x86_decoder.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const DEFAULT_OUT = join(ROOT, "dist", "redprobe.js");
@@ -80,13 +83,50 @@ export interface BundleReport {
   patchedModules: string[];
 }
 
-/** Runs `deno bundle`, then embeds what CommonJS modules read beside them; writes `out`. */
+/**
+ * Runs `deno bundle` on the entry and on the x86 decoder's worker (lib/x86_decoder.ts starts it
+ * from the source the bundle hands it), then embeds what CommonJS modules read beside them;
+ * writes `out`.
+ */
 export async function bundle(options: BundleOptions = {}): Promise<BundleReport> {
   const log = options.log ?? ((line: string) => console.error(line));
   const entry = resolve(ROOT, options.entry ?? "main.ts");
   const out = resolve(options.out ?? DEFAULT_OUT);
   const outDir = dirname(out);
   await Deno.mkdir(outDir, { recursive: true });
+  const worker = await bundleModule(join(ROOT, "lib", "x86_decoder_worker.ts"), outDir, log);
+  // The worker starts from a blob: URL, which node:module's createRequire (esbuild's way to
+  // reach Node built-ins) refuses; every require() left is a built-in (checkSelfContained), so
+  // any file URL does.
+  worker.text = worker.text.replaceAll(
+    "createRequire(import.meta.url)",
+    `createRequire(${JSON.stringify(`file://${VIRTUAL_ROOT}/x86_decoder_worker.js`)})`,
+  );
+  const main = await bundleModule(entry, outDir, log);
+  const final = `#!/usr/bin/env -S deno run -A ${AGENT_V8_FLAGS}\n` +
+    `// redprobe, bundled from ${relative(ROOT, entry)} by scripts/bundle.ts. ` +
+    `Run: deno run -A redprobe.js [command] [flags]\n` +
+    `globalThis.${BUNDLED_WORKER_SOURCE} = ${JSON.stringify(worker.text)};\n` + main.text;
+  await Deno.writeTextFile(out, final);
+  await Deno.chmod(out, 0o755); // runnable as ./redprobe.js too (the `#!` line)
+  const bytes = new TextEncoder().encode(final).length;
+  const embedded = new Map([...worker.embedded, ...main.embedded]);
+  for (const [path, size] of embedded) log(`embedded ${path} (${size} bytes)`);
+  log(`wrote ${out} (${(bytes / 1e6).toFixed(1)} MB)`);
+  return {
+    out,
+    bytes,
+    embedded,
+    patchedModules: [...worker.patchedModules, ...main.patchedModules],
+  };
+}
+
+/** One module and everything it imports, self-contained. */
+async function bundleModule(
+  entry: string,
+  outDir: string,
+  log: (line: string) => void,
+): Promise<{ text: string; embedded: Map<string, number>; patchedModules: string[] }> {
   const raw = await Deno.makeTempFile({ dir: outDir, prefix: ".redprobe-bundle-", suffix: ".js" });
   try {
     const started = performance.now();
@@ -111,17 +151,9 @@ export async function bundle(options: BundleOptions = {}): Promise<BundleReport>
         Math.round(performance.now() - started)
       } ms`,
     );
-    const { text, embedded, patchedModules } = await embedModuleFiles(bundled);
-    checkSelfContained(text);
-    const final = `#!/usr/bin/env -S deno run -A ${AGENT_V8_FLAGS}\n` +
-      `// redprobe, bundled from ${relative(ROOT, entry)} by scripts/bundle.ts. ` +
-      `Run: deno run -A redprobe.js [command] [flags]\n` + text;
-    await Deno.writeTextFile(out, final);
-    await Deno.chmod(out, 0o755); // runnable as ./redprobe.js too (the `#!` line)
-    const bytes = new TextEncoder().encode(final).length;
-    for (const [path, size] of embedded) log(`embedded ${path} (${size} bytes)`);
-    log(`wrote ${out} (${(bytes / 1e6).toFixed(1)} MB)`);
-    return { out, bytes, embedded, patchedModules };
+    const embedded = await embedModuleFiles(bundled);
+    checkSelfContained(embedded.text);
+    return embedded;
   } finally {
     await Deno.remove(raw).catch(() => {});
   }

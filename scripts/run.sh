@@ -14,4 +14,4 @@ ensure_deno
 # smaller; its allocations are short-lived, so the extra scavenges cost little
 # (bench/results/README.md, footprint and ingest). Every way of running the agent passes it
 # (the TypeScript launchers take it from scripts/lib/agent_flags.ts).
-exec "$DENO" run -A --quiet --v8-flags=--max-semi-space-size=1 "$ROOT/main.ts" "$@"
+exec "$DENO" run -A --quiet --v8-flags=--max-semi-space-size=1,--expose-gc "$ROOT/main.ts" "$@"

@@ -21,7 +21,7 @@ import {
   findReturnValueSites,
   type UprobeHandling,
   X86DecodeError,
-} from "../../lib/x86_sites.ts";
+} from "../../lib/x86_decoder.ts";
 
 /** Cookie bits of an entry site (TLS_FN_* in tls_uprobe.bpf.c). */
 export const TlsFn = { write: 1, ex: 2 } as const;
