@@ -23,7 +23,7 @@ import type { PluginModuleFailure } from "./plugin_modules.ts";
 import { exePath, parseEnviron, serviceIdentity } from "../lib/proc.ts";
 import { RouteMapper } from "../lib/route.ts";
 import { Selector } from "../lib/selectors.ts";
-import { releaseX86Decoder } from "../lib/x86_decoder.ts";
+import { prewarmX86Decoder, releaseX86Decoder } from "../lib/x86_decoder.ts";
 
 /** The number of observations in a histogram delta. */
 function sumOf(counts: ArrayLike<number>): number {
@@ -211,6 +211,9 @@ export class Agent implements AsyncDisposable {
       attachFailed: (plugin: string, reason: string) => this.exporter.attachFailed(plugin, reason),
       skipped: (plugin: string, reason: string) => this.exporter.skipped(plugin, reason),
     };
+    // Plugins analyse binaries as they load (tls-uprobe: the system's libssl) and as targets
+    // appear: the decoder's worker starts loading now, beside the BPF objects' loading.
+    prewarmX86Decoder();
     const failures: string[] = [];
     for (const f of options.moduleFailures ?? []) {
       this.exporter.attachFailed(moduleLabel(f.module), "module_error");
