@@ -7,17 +7,25 @@
  *
  * Setup: a minimal node:http server (200 "hello\n", keep-alive) pinned to CPU 0; wrk -t1
  * -c10 pinned to CPU 1, 2 s of warm-up then `--seconds` measured. Per round, in rotating order:
- * (bare) `node server.mjs`; (redprobe) the same with the agent running (default configuration,
- * `kprobe-http.clients: targets` so wrk is not measured; a snapshot of the working tree,
- * unpinned, started fresh); (otel) `node --require
+ * (bare) `node server.mjs`; (redprobe) the same with the agent running (default configuration
+ * but for `kprobe-http.clients: targets`, so wrk is not measured, and
+ * `go-http.skip_executables: [/usr/bin/hey]`, so hey, a Go client, is not either; a snapshot of
+ * the working tree, unpinned, started fresh); (otel) `node --require
  * @opentelemetry/auto-instrumentations-node/register server.mjs` with OTEL_TRACES_EXPORTER=none,
  * OTEL_LOGS_EXPORTER=none, OTEL_METRICS_EXPORTER=otlp (http/protobuf every second to a local
  * receiver in this script that accepts and discards, counting the exports). The OpenTelemetry
  * packages are installed, at the pinned versions below, into a temporary directory with
  * `npm install --prefix`.
  *
+ * Then, per round and in the same order, a fresh server again (and agent), the same warm-up, and
+ * `hey` pinned to CPU 1 at half the round's bare throughput for `--seconds`: p50 and p99 (with
+ * the rate hey reached, lower when hey cannot send that many on one CPU). During redprobe's wrk
+ * run: the agent's CPU time (/proc schedstat) per request, and its RSS (VmRSS) at the end.
+ *
  * Reported: each one's throughput loss against the bare server of the same round (median over
- * rounds), and redprobe's loss / OTel's loss. Target: redprobe's loss ≤ 1/5 of OTel's.
+ * rounds), and redprobe's loss / OTel's loss (target: redprobe's loss ≤ 1/5 of OTel's); the p50
+ * and p99 each adds to the bare server's at half rate (median over rounds of the per-round
+ * differences); the agent's CPU µs per request and RSS (medians).
  *
  * @module
  */
@@ -27,9 +35,11 @@ import {
   commandLine,
   cpuNs,
   freePort,
+  heyLatency,
   machineInfo,
   median,
   parseBenchArgs,
+  rssMb,
   run,
   sleep,
   snapshotWorkingTree,
@@ -68,6 +78,17 @@ interface Measurement {
   serverUsPerRequest: number;
   /** redprobe: requests it exported (/metrics); OTel: OTLP metric exports the receiver got. */
   counted?: number;
+  /** redprobe: the agent's CPU time during the wrk run, per request, µs. */
+  agentCpuUsPerRequest?: number;
+  /** redprobe: the agent's VmRSS at the end of the wrk run, MB. */
+  agentRssMb?: number;
+}
+
+/** hey at a fixed rate: its median and 99th percentile (ms), and the rate it reached. */
+interface Latency {
+  p50Ms: number;
+  p99Ms: number;
+  rps: number;
 }
 
 const tmp = await Deno.makeTempDir({ prefix: "redprobe-bench-otel-" });
@@ -87,7 +108,14 @@ await run("npm", [
 const agentConfig = join(tmp, "agent.json");
 await Deno.writeTextFile(
   agentConfig,
-  JSON.stringify({ plugins: { "kprobe-http": { clients: "targets" } } }),
+  JSON.stringify({
+    plugins: {
+      "kprobe-http": { clients: "targets" },
+      // hey (the latency probe) is a Go client: go-http would measure it with uprobes in hey
+      // itself, adding hey's cost to the server's p99.
+      "go-http": { skip_executables: ["/usr/bin/hey"] },
+    },
+  }),
 );
 
 async function startServer(mode: Mode): Promise<
@@ -152,7 +180,14 @@ const receiver = (() => {
   return { port: server.addr.port, exports: () => exports, bytes: () => bytes, server };
 })();
 
-async function measure(mode: Mode): Promise<Measurement> {
+/**
+ * A fresh server for `mode` (and, for redprobe, a fresh agent), warmed up with wrk; `body` runs
+ * against it, then both are stopped.
+ */
+async function withServer<T>(
+  mode: Mode,
+  body: (url: string, server: { pid: number }, agent?: Agent) => Promise<T>,
+): Promise<T> {
   const server = await startServer(mode);
   let agent: Agent | undefined;
   try {
@@ -165,34 +200,58 @@ async function measure(mode: Mode): Promise<Measurement> {
     }
     const url = `http://127.0.0.1:${server.port}/hello`;
     await wrk({ url, seconds: WARMUP_SECONDS, connections: args.connections });
+    return await body(url, server, agent);
+  } finally {
+    await agent?.stop();
+    await server.stop();
+  }
+}
+
+/** Throughput at saturation (wrk). */
+function measure(mode: Mode): Promise<Measurement> {
+  return withServer(mode, async (url, server, agent) => {
     const countedBefore = agent
       ? await sumMetric(agent.metricsPort, "http_server_duration_seconds_count")
       : receiver.exports();
     const cpuBefore = cpuNs(server.pid);
+    const agentCpuBefore = agent ? cpuNs(agent.pid) : 0;
     const result: WrkResult = await wrk({
       url,
       seconds: args.seconds,
       connections: args.connections,
     });
     const serverUs = (cpuNs(server.pid) - cpuBefore) / 1000 / result.requests;
-    let counted: number | undefined;
-    if (agent) {
-      counted = (await sumMetric(agent.metricsPort, "http_server_duration_seconds_count")) -
-        countedBefore;
-    } else if (mode === "otel") {
-      counted = receiver.exports() - countedBefore;
-    }
-    return {
+    const measurement: Measurement = {
       mode,
       rps: result.rps,
       requests: result.requests,
       serverUsPerRequest: serverUs,
-      counted,
     };
-  } finally {
-    await agent?.stop();
-    await server.stop();
-  }
+    if (agent) {
+      measurement.agentCpuUsPerRequest = (cpuNs(agent.pid) - agentCpuBefore) / 1000 /
+        result.requests;
+      measurement.agentRssMb = rssMb(agent.pid);
+      measurement.counted =
+        (await sumMetric(agent.metricsPort, "http_server_duration_seconds_count")) -
+        countedBefore;
+    } else if (mode === "otel") {
+      measurement.counted = receiver.exports() - countedBefore;
+    }
+    return measurement;
+  });
+}
+
+/** p50 and p99 at a fixed total `rate` (hey). */
+function latency(mode: Mode, rate: number): Promise<Latency> {
+  return withServer(mode, async (url) => {
+    const { p50, p99, rps } = await heyLatency({
+      url,
+      seconds: args.seconds,
+      connections: args.connections,
+      rate,
+    });
+    return { p50Ms: p50, p99Ms: p99, rps };
+  });
 }
 
 interface Round {
@@ -200,6 +259,9 @@ interface Round {
   bare: Measurement;
   redprobe: Measurement;
   otel: Measurement;
+  /** hey's total rate: half of the bare server's req/s in this round. */
+  heyRate: number;
+  latency: Record<Mode, Latency>;
 }
 const rounds: Round[] = [];
 try {
@@ -207,7 +269,17 @@ try {
     const order = MODES.map((_, i) => MODES[(i + r) % MODES.length]);
     const got: Partial<Record<Mode, Measurement>> = {};
     for (const mode of order) got[mode] = await measure(mode);
-    const round = { order, bare: got.bare!, redprobe: got.redprobe!, otel: got.otel! };
+    const heyRate = Math.round(got.bare!.rps / 2);
+    const lat: Partial<Record<Mode, Latency>> = {};
+    for (const mode of order) lat[mode] = await latency(mode, heyRate);
+    const round: Round = {
+      order,
+      bare: got.bare!,
+      redprobe: got.redprobe!,
+      otel: got.otel!,
+      heyRate,
+      latency: lat as Record<Mode, Latency>,
+    };
     rounds.push(round);
     console.error(
       `round ${r + 1} (${order.join(", ")}): bare ${round.bare.rps.toFixed(0)}, redprobe ` +
@@ -215,7 +287,13 @@ try {
         `${round.redprobe.counted} of ${round.redprobe.requests}), otel ${
           round.otel.rps.toFixed(0)
         } ` +
-        `(${loss(round, "otel").toFixed(1)}%, ${round.otel.counted} OTLP exports)`,
+        `(${loss(round, "otel").toFixed(1)}%, ${round.otel.counted} OTLP exports); agent ` +
+        `${round.redprobe.agentCpuUsPerRequest!.toFixed(2)} µs/req, ` +
+        `${round.redprobe.agentRssMb!.toFixed(0)} MB; at ${heyRate} req/s p50/p99 ms: ` +
+        MODES.map((m) =>
+          `${m} ${round.latency[m].p50Ms.toFixed(2)}/${round.latency[m].p99Ms.toFixed(2)} ` +
+          `(${round.latency[m].rps.toFixed(0)} req/s)`
+        ).join(", "),
     );
   }
 } finally {
@@ -226,6 +304,11 @@ try {
 
 function loss(r: Round, mode: "redprobe" | "otel"): number {
   return (1 - r[mode].rps / r.bare.rps) * 100;
+}
+
+/** What `mode` adds to the bare server's p50 or p99 at half rate in round `r`, ms. */
+function added(r: Round, mode: "redprobe" | "otel", p: "p50Ms" | "p99Ms"): number {
+  return r.latency[mode][p] - r.latency.bare[p];
 }
 
 const redprobeLoss = rounds.map((r) => loss(r, "redprobe"));
@@ -244,12 +327,52 @@ const summary = {
     redprobe: median(rounds.map((r) => r.redprobe.serverUsPerRequest)),
     otel: median(rounds.map((r) => r.otel.serverUsPerRequest)),
   },
+  /** At half the bare throughput (hey), ms: per mode, and added to bare in the same round. */
+  p50MsMedian: {
+    bare: median(rounds.map((r) => r.latency.bare.p50Ms)),
+    redprobe: median(rounds.map((r) => r.latency.redprobe.p50Ms)),
+    otel: median(rounds.map((r) => r.latency.otel.p50Ms)),
+  },
+  p99MsMedian: {
+    bare: median(rounds.map((r) => r.latency.bare.p99Ms)),
+    redprobe: median(rounds.map((r) => r.latency.redprobe.p99Ms)),
+    otel: median(rounds.map((r) => r.latency.otel.p99Ms)),
+  },
+  p50AddedMedianMs: {
+    redprobe: median(rounds.map((r) => added(r, "redprobe", "p50Ms"))),
+    otel: median(rounds.map((r) => added(r, "otel", "p50Ms"))),
+  },
+  p99AddedMedianMs: {
+    redprobe: median(rounds.map((r) => added(r, "redprobe", "p99Ms"))),
+    otel: median(rounds.map((r) => added(r, "otel", "p99Ms"))),
+  },
+  /** hey's rate: asked (half the bare req/s), and reached, per mode (medians). */
+  heyRateMedian: median(rounds.map((r) => r.heyRate)),
+  heyRpsMedian: {
+    bare: median(rounds.map((r) => r.latency.bare.rps)),
+    redprobe: median(rounds.map((r) => r.latency.redprobe.rps)),
+    otel: median(rounds.map((r) => r.latency.otel.rps)),
+  },
+  agentCpuUsPerRequestMedian: median(rounds.map((r) => r.redprobe.agentCpuUsPerRequest!)),
+  agentRssMbMedian: median(rounds.map((r) => r.redprobe.agentRssMb!)),
   otelPackages: OTEL_PACKAGES,
   nodeVersion: (await run("node", ["--version"])).trim(),
 };
 const machine = machineInfo();
 const command = commandLine("scripts/bench_otel_node.ts");
 const f = (x: number) => x.toFixed(1);
+const ms = (x: number) => x.toFixed(2);
+const signedMs = (x: number) => `${x >= 0 ? "+" : ""}${x.toFixed(2)} ms`;
+/** hey runs that reached less than 95% of the rate asked. */
+const heyShort = rounds.flatMap((r) => MODES.filter((m) => r.latency[m].rps < r.heyRate * 0.95))
+  .length;
+// A median loss ≤ 0 (the instrumented server faster than the bare one) is the machine's noise:
+// their ratio then says nothing.
+const verdict = summary.redprobeLossMedianPct <= 0 || summary.otelLossMedianPct <= 0
+  ? "inconclusive (a median loss ≤ 0: noise)"
+  : summary.lossRatio <= 0.2
+  ? "met"
+  : "not met";
 const markdown = [
   `# A Node http server: bare, with redprobe, with OpenTelemetry's auto-instrumentation`,
   ``,
@@ -261,22 +384,28 @@ const markdown = [
   `Server: minimal node:http (200 "hello\\n") pinned to CPU 0; wrk -t1 -c${args.connections} ` +
   `pinned to CPU 1, ${WARMUP_SECONDS} s warm-up then ${args.seconds} s measured, a fresh server ` +
   `per measurement. redprobe: default configuration (kprobe-http measures node; ` +
-  `\`clients: targets\` leaves wrk alone), unpinned. OTel: \`node --require ` +
+  `\`clients: targets\` leaves wrk alone, \`go-http.skip_executables: [/usr/bin/hey]\` leaves ` +
+  `hey alone), ` +
+  `unpinned; its CPU (/proc/<pid>/task/*/schedstat) over the wrk run per request, its RSS ` +
+  `(VmRSS) at the end of it. OTel: \`node --require ` +
   `@opentelemetry/auto-instrumentations-node/register\`, OTEL_TRACES_EXPORTER=none, ` +
   `OTEL_LOGS_EXPORTER=none, OTEL_METRICS_EXPORTER=otlp (http/protobuf, every 1 s, to a local ` +
   `receiver that accepts and discards; metrics only). OTel "exports": OTLP requests received ` +
   `during the measured seconds.`,
   ``,
+  `## Throughput at saturation (wrk)`,
+  ``,
   `| round | bare req/s | redprobe req/s | loss | counted / completed | OTel req/s | loss | ` +
-  `exports | server µs/req bare / redprobe / OTel |`,
-  `|---|---|---|---|---|---|---|---|---|`,
+  `exports | server µs/req bare / redprobe / OTel | agent CPU µs/req | agent RSS MB |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, i) =>
     `| ${i + 1} | ${r.bare.rps.toFixed(0)} | ${r.redprobe.rps.toFixed(0)} | ` +
     `${f(loss(r, "redprobe"))}% | ${r.redprobe.counted} / ${r.redprobe.requests} | ` +
     `${r.otel.rps.toFixed(0)} | ${f(loss(r, "otel"))}% | ${r.otel.counted} | ${
       r.bare.serverUsPerRequest.toFixed(1)
     } / ` +
-    `${r.redprobe.serverUsPerRequest.toFixed(1)} / ${r.otel.serverUsPerRequest.toFixed(1)} |`
+    `${r.redprobe.serverUsPerRequest.toFixed(1)} / ${r.otel.serverUsPerRequest.toFixed(1)} | ` +
+    `${r.redprobe.agentCpuUsPerRequest!.toFixed(2)} | ${r.redprobe.agentRssMb!.toFixed(0)} |`
   ),
   ``,
   `Median throughput loss against the bare server of the same round: redprobe ` +
@@ -287,10 +416,54 @@ const markdown = [
   }). redprobe's loss / ` +
   `OTel's: **${summary.lossRatio.toFixed(2)}** (per-round median ` +
   `${summary.lossRatioPerRoundMedian.toFixed(2)}); target ≤ 0.20: ` +
-  `**${summary.lossRatio <= 0.2 ? "met" : "not met"}**.`,
+  `**${verdict}**. Server CPU per request (medians): bare ` +
+  `${f(summary.serverUsPerRequestMedian.bare)}, redprobe ` +
+  `${f(summary.serverUsPerRequestMedian.redprobe)}, OTel ` +
+  `${f(summary.serverUsPerRequestMedian.otel)} µs. Agent (redprobe): CPU ` +
+  `**${summary.agentCpuUsPerRequestMedian.toFixed(2)} µs per request**, RSS ` +
+  `**${summary.agentRssMbMedian.toFixed(0)} MB** (medians).`,
   ``,
   `"counted" can exceed "completed" by up to the ${args.connections} requests in flight when ` +
   `wrk stops.`,
+  ``,
+  `## p50 and p99 at half the bare throughput (hey)`,
+  ``,
+  `After the round's wrk runs, in the same order, a fresh server (and agent) each, the same ` +
+  `warm-up, then \`hey -z ${args.seconds}s -c ${args.connections} ` +
+  `-q <rate/${args.connections}>\` pinned to CPU 1, the rate half of the round's bare req/s. ` +
+  `"reached": hey's own Requests/sec. hey reports latencies to 0.1 ms.`,
+  ``,
+  `| round | rate req/s | reached bare / redprobe / OTel | p50 ms bare | redprobe | OTel | ` +
+  `p99 ms bare | redprobe | OTel |`,
+  `|---|---|---|---|---|---|---|---|---|`,
+  ...rounds.map((r, i) =>
+    `| ${i + 1} | ${r.heyRate} | ${MODES.map((m) => r.latency[m].rps.toFixed(0)).join(" / ")} | ` +
+    `${ms(r.latency.bare.p50Ms)} | ${ms(r.latency.redprobe.p50Ms)} | ` +
+    `${ms(r.latency.otel.p50Ms)} | ${ms(r.latency.bare.p99Ms)} | ` +
+    `${ms(r.latency.redprobe.p99Ms)} | ${ms(r.latency.otel.p99Ms)} |`
+  ),
+  ``,
+  `Median over the rounds of what each adds to the bare server's latency in the same round: ` +
+  `redprobe p50 **${signedMs(summary.p50AddedMedianMs.redprobe)}**, p99 ` +
+  `**${signedMs(summary.p99AddedMedianMs.redprobe)}**; OTel p50 ` +
+  `**${signedMs(summary.p50AddedMedianMs.otel)}**, p99 ` +
+  `**${signedMs(summary.p99AddedMedianMs.otel)}**. Medians: p50 bare ` +
+  `${ms(summary.p50MsMedian.bare)}, redprobe ${ms(summary.p50MsMedian.redprobe)}, OTel ` +
+  `${ms(summary.p50MsMedian.otel)} ms; p99 bare ${ms(summary.p99MsMedian.bare)}, redprobe ` +
+  `${ms(summary.p99MsMedian.redprobe)}, OTel ${ms(summary.p99MsMedian.otel)} ms.`,
+  ...(heyShort
+    ? [
+      ``,
+      `hey fell short of the rate asked (by more than 5%) in ${heyShort} of ` +
+      `${rounds.length * MODES.length} runs: there it sent as fast ` +
+      `as it could on its one CPU (median reached: bare ${summary.heyRpsMedian.bare.toFixed(0)}, ` +
+      `redprobe ${summary.heyRpsMedian.redprobe.toFixed(0)}, OTel ` +
+      `${summary.heyRpsMedian.otel.toFixed(0)} req/s, asked ${
+        summary.heyRateMedian.toFixed(0)
+      }), ` +
+      `so those latencies are closed-loop at hey's ceiling rather than at a fixed rate.`,
+    ]
+    : []),
   ``,
 ].join("\n");
 console.log(markdown);

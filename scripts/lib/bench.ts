@@ -313,25 +313,27 @@ export async function heyP99(options: LoadOptions & { rate: number }): Promise<n
   return (await heyLatency(options)).p99;
 }
 
-/** Like {@linkcode heyP99}: the median and the 99th percentile, in ms. */
+/**
+ * Like {@linkcode heyP99}: the median and the 99th percentile, in ms; and the rate hey reached
+ * (its Requests/sec), which is below `rate` when hey, on its one CPU, cannot send that many.
+ */
 export async function heyLatency(
   options: LoadOptions & { rate: number },
-): Promise<{ p50: number; p99: number }> {
+): Promise<{ p50: number; p99: number; rps: number }> {
   const perWorker = Math.max(1, Math.round(options.rate / options.connections));
-  return parseHeyLatencyMs(
-    await run("taskset", [
-      "-c",
-      options.cpu ?? "1",
-      "hey",
-      "-z",
-      `${options.seconds}s`,
-      "-c",
-      String(options.connections),
-      "-q",
-      String(perWorker),
-      options.url,
-    ]),
-  );
+  const text = await run("taskset", [
+    "-c",
+    options.cpu ?? "1",
+    "hey",
+    "-z",
+    `${options.seconds}s`,
+    "-c",
+    String(options.connections),
+    "-q",
+    String(perWorker),
+    options.url,
+  ]);
+  return { ...parseHeyLatencyMs(text), rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]) };
 }
 
 /** `sysctl kernel.bpf_stats_enabled` (run_cnt and run_time_ns of every BPF program). */
