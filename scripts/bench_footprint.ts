@@ -325,8 +325,8 @@ const markdown = [
   `servers on 127.0.0.1, ${REQUESTS_PER_SERVER} requests each; the agent with its default ` +
   `configuration (every built-in plugin), fresh each round, read 2 s after every request was ` +
   `exported, and again ${SETTLE_MS / 1000} s later ("settled": V8 keeps the pages it freed in ` +
-  `a pool for ~8 s before it returns them to the system). RssAnon/RssFile/RssShmem are of the ` +
-  `first reading.`,
+  `a pool for ~8 s before it returns them to the system). RssAnon/RssFile/RssShmem are of the settled ` +
+  `reading.`,
   ``,
   `| round | VmRSS MB | settled VmRSS MB | VmHWM MB | RssAnon | RssFile | RssShmem | ` +
   `instrumented (max per plugin) | requests exported |`,
