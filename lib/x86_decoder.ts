@@ -37,24 +37,31 @@ export type { UprobeHandling } from "./x86_types.ts";
 export const BUNDLED_WORKER_SOURCE = "__redprobeX86DecoderWorker";
 /** A worker with no call for this long is let go. */
 export const IDLE_RELEASE_MS = 10_000;
-/** Longest wait for one answer (the first includes the worker's start, ~0.2 s). */
-const ANSWER_TIMEOUT_MS = 10_000;
-/** After a worker that failed or did not answer, calls fail at once for this long. */
-const BROKEN_RETRY_MS = 60_000;
+/** The waits; tests shorten them ({@linkcode setX86DecoderTimeouts}). */
+const timeouts = {
+  /** Longest wait for one answer (the first includes the worker's start, ~0.2 s). */
+  answerMs: 10_000,
+  /** After a worker that failed or did not answer, calls fail at once for this long. */
+  brokenRetryMs: 60_000,
+};
 /** Room for one answer: a function's return sites, as JSON. */
 const BUFFER_BYTES = 1 << 20;
 
 let worker: Worker | undefined;
 let buffer: SharedArrayBuffer | undefined;
 let idleTimer: ReturnType<typeof setTimeout> | undefined;
-let workerUrl: string | undefined;
+let workerUrl: { source: string; url: string } | undefined;
 let broken: { at: number; why: string } | undefined;
 
 function workerScript(): string {
   const bundled = (globalThis as Record<string, unknown>)[BUNDLED_WORKER_SOURCE];
   if (typeof bundled === "string") {
-    workerUrl ??= URL.createObjectURL(new Blob([bundled], { type: "text/javascript" }));
-    return workerUrl;
+    if (workerUrl?.source !== bundled) {
+      if (workerUrl) URL.revokeObjectURL(workerUrl.url);
+      const url = URL.createObjectURL(new Blob([bundled], { type: "text/javascript" }));
+      workerUrl = { source: bundled, url };
+    }
+    return workerUrl.url;
   }
   return new URL("./x86_decoder_worker.ts", import.meta.url).href;
 }
@@ -85,13 +92,13 @@ function armIdleRelease(): void {
  * analysis then does not wait for it (~0.2-0.4 s on this project's machines).
  */
 export function prewarmX86Decoder(): void {
-  if (broken && performance.now() - broken.at < BROKEN_RETRY_MS) return;
+  if (broken && performance.now() - broken.at < timeouts.brokenRetryMs) return;
   worker ??= startWorker();
   armIdleRelease();
 }
 
 function call<T>(analysis: X86Request["analysis"], code: Uint8Array, address: number): T {
-  if (broken && performance.now() - broken.at < BROKEN_RETRY_MS) {
+  if (broken && performance.now() - broken.at < timeouts.brokenRetryMs) {
     throw new Error(`the x86 decoder is unavailable: ${broken.why}`);
   }
   worker ??= startWorker();
@@ -101,10 +108,11 @@ function call<T>(analysis: X86Request["analysis"], code: Uint8Array, address: nu
   // slice(): a view's whole ArrayBuffer would be cloned, and `code` is often a view into a
   // section read in one piece (tens of MB of node's .text).
   worker.postMessage({ buffer, analysis, code: code.slice(), address } satisfies X86Request);
-  if (Atomics.wait(state, 0, 0, ANSWER_TIMEOUT_MS) === "timed-out") {
-    broken = { at: performance.now(), why: `no answer within ${ANSWER_TIMEOUT_MS} ms` };
+  if (Atomics.wait(state, 0, 0, timeouts.answerMs) === "timed-out") {
+    broken = { at: performance.now(), why: `no answer within ${timeouts.answerMs} ms` };
     releaseX86Decoder();
-    throw new Error(`the x86 decoder worker did not answer within ${ANSWER_TIMEOUT_MS} ms`);
+    buffer = undefined; // the next worker answers in a buffer this one can no longer touch
+    throw new Error(`the x86 decoder worker did not answer within ${timeouts.answerMs} ms`);
   }
   broken = undefined;
   const json = new TextDecoder().decode(
@@ -125,6 +133,12 @@ export function releaseX86Decoder(): void {
   idleTimer = undefined;
   worker?.terminate();
   worker = undefined;
+}
+
+/** For tests: shorter waits, and forgetting a broken worker. */
+export function setX86DecoderTimeouts(waits: Partial<typeof timeouts>): void {
+  Object.assign(timeouts, waits);
+  broken = undefined;
 }
 
 /** Whether a worker is running (for tests). */

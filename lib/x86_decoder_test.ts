@@ -62,3 +62,26 @@ Deno.test("x86_decoder: C function analyses, undefined answers, decode errors, a
   assert.equal(inWorker.x86DecoderRunning(), true);
   inWorker.releaseX86Decoder();
 });
+
+Deno.test("x86_decoder: a worker that fails to load fails the calls, for a while, and never the process", () => {
+  const g = globalThis as Record<string, unknown>;
+  inWorker.releaseX86Decoder();
+  inWorker.setX86DecoderTimeouts({ answerMs: 1500, brokenRetryMs: 60_000 });
+  g[inWorker.BUNDLED_WORKER_SOURCE] = `throw new Error("no decoder here");`;
+  try {
+    const code = new Uint8Array([0xc3]);
+    assert.throws(() => inWorker.findReturnSites(code, AT), /did not answer within 1500 ms/);
+    // Then at once, without waiting for another worker.
+    const t0 = performance.now();
+    assert.throws(() => inWorker.findReturnSites(code, AT), /x86 decoder is unavailable/);
+    assert.ok(performance.now() - t0 < 500);
+    inWorker.prewarmX86Decoder();
+    assert.equal(inWorker.x86DecoderRunning(), false);
+  } finally {
+    delete g[inWorker.BUNDLED_WORKER_SOURCE];
+    inWorker.setX86DecoderTimeouts({ answerMs: 10_000, brokenRetryMs: 60_000 });
+  }
+  // A good worker again.
+  assert.deepEqual(inWorker.findReturnSites(new Uint8Array([0xc3]), AT), [AT]);
+  inWorker.releaseX86Decoder();
+});
