@@ -15,11 +15,21 @@
  * Setup: the fixture server tests/fixtures/go_http/server built stripped with the machine's Go,
  * GOMAXPROCS=1, pinned to CPU 0 (comparable to the 1-worker nginx of bench_http.ts); route
  * `/users/1` (200, small body), keep-alive; wrk -t1 -c10 pinned to CPU 1; the agent unpinned,
- * started fresh for every measured interval. Throughput at saturation (wrk); p99 at half of (a)'s
- * throughput of the round (hey); agent and server CPU from /proc schedstat; the agent's BPF
+ * started fresh for every measured interval. Throughput at saturation (wrk); p50 and p99 at half
+ * of (a)'s throughput of the round; agent and server CPU from /proc schedstat; the agent's BPF
  * programs' run_cnt and run_time_ns (kernel.bpf_stats_enabled=1 for the run, then restored)
  * per request; and, per interval, whether the agent counted exactly the requests the server
  * says it answered (its /stats route). A benchmark: differences are reported, not asserted.
+ *
+ * Latency at half rate: wrk pinned to CPU 1 with N connections, each sending its next request
+ * 1 ms after the previous response (a Lua `delay()`): a closed loop with think time, so only
+ * approximately a fixed rate. N comes from the rate (rate × (1 ms + latency) / 1000), corrected
+ * by 2 s calibration runs against the server without the agent (until within 5%, at most 3),
+ * and is the same for (a), (b) and (c); the rate reached is reported next to the rate asked.
+ * Not hey: pinned to one CPU, hey could not send the rates asked (it reached 11–18k req/s of
+ * 21–36k), so its "half rate" latencies were at its own ceiling, and it reports latencies to
+ * 0.1 ms only; wrk's `--latency` distribution has µs resolution. (hey, a Go client, was also
+ * instrumented by go-http in (b).)
  *
  * @module
  */
@@ -32,13 +42,20 @@ import {
   bpfProgramIdsOf,
   bpfProgramStats,
   bpfStatsEnabled,
+  calibratePacing,
   commandLine,
   cpuNs,
-  heyLatency,
+  formatStat,
   machineInfo,
-  median,
+  type PacedLatency,
+  pacedLatency,
+  type PacingCalibration,
   parseBenchArgs,
+  programNsPerRequest,
+  type ProgramRun,
+  programRuns,
   programStatsDelta,
+  programTable,
   ROOT,
   rssMb,
   run,
@@ -46,8 +63,10 @@ import {
   setBpfStatsEnabled,
   sleep,
   snapshotWorkingTree,
-  spread,
   startAgent,
+  type Stat,
+  stat,
+  summarizePrograms,
   writeResults,
   wrk,
   type WrkResult,
@@ -117,14 +136,6 @@ async function startGoServer(binary: string): Promise<GoServer> {
   };
 }
 
-interface ProgramRun {
-  hits: number;
-  runTimeNs: number;
-  hitsPerRequest: number;
-  /** run_time_ns / run_cnt: the program only (no trap, no single-step). */
-  nsPerHit: number;
-}
-
 interface Interval extends WrkResult {
   /** The server's CPU time (all threads) per completed request, µs. */
   serverCpuUsPerRequest: number;
@@ -151,12 +162,14 @@ interface Interval extends WrkResult {
 interface Round {
   order: Config[];
   intervals: Record<Config, Interval>;
-  /** hey's total rate: half of (a)'s req/s in this round. */
-  heyRate: number;
+  /** The paced runs' rate asked: half of (a)'s req/s in this round. */
+  rate: number;
   p99Ms: Record<Config, number>;
   p50Ms: Record<Config, number>;
-  /** Whether the agent also instrumented hey (a Go client) while it ran. */
-  heyInstrumented: Record<Config, boolean>;
+  /** The paced runs: rate reached, connections. */
+  paced: Record<Config, PacedLatency>;
+  /** The paced runs' connections, found against the server without the agent. */
+  calibration: PacingCalibration;
 }
 
 const binary = await buildGoFixture("go_http/server", { stripped: true });
@@ -165,9 +178,9 @@ const instance = (pid: number) => `${Deno.hostname()}:${pid}`;
 const configDir = await Deno.makeTempDir({ prefix: "redprobe-bench-go-" });
 const noGoHttp = join(configDir, "no-go-http.json");
 const defaults = join(configDir, "defaults.json");
-// The load generators (wrk, hey) are clients the agent would measure too (kprobe-http's
-// client side, go-http's for hey): their probes would slow the load, not the server. Only the
-// server's cost is measured here, so client connections of non-targets are left alone.
+// The load generator (wrk) is a client the agent would measure too (kprobe-http's client
+// side): its probes would slow the load, not the server. Only the server's cost is measured
+// here, so client connections of non-targets are left alone.
 const noLoadGenerators = { "kprobe-http": { clients: "targets" } };
 // JSON is YAML: what the agent's --config reads.
 await Deno.writeTextFile(
@@ -272,14 +285,7 @@ async function measure(config: Config, server: GoServer): Promise<Interval> {
     interval.agentCpuUsPerRequest = agentCpu / 1000 / w.requests;
     interval.agentRssMb = rssMb(agent.pid);
     interval.instrumentedWith = instrumentedWith(agent, server.pid);
-    interval.programs = Object.fromEntries(
-      [...delta].sort(([x], [y]) => x.localeCompare(y)).map(([name, s]) => [name, {
-        hits: s.runCnt,
-        runTimeNs: s.runTimeNs,
-        hitsPerRequest: s.runCnt / w.requests,
-        nsPerHit: s.runCnt ? s.runTimeNs / s.runCnt : 0,
-      }]),
-    );
+    interval.programs = programRuns(delta, w.requests);
     // Requests in flight when wrk stopped finish right after: give them (and the agent) up to
     // 2 s to agree before reporting a difference.
     let samples: Sample[] = [];
@@ -303,26 +309,16 @@ async function measure(config: Config, server: GoServer): Promise<Interval> {
   }
 }
 
-/** p99 with hey at `rate` (total) under `config`; and whether the agent instrumented hey. */
-async function measureP99(
+/** p50 and p99 at about the calibrated rate (total; paced wrk) under `config`. */
+async function measureLatency(
   config: Config,
   server: GoServer,
-  rate: number,
-): Promise<{ p50Ms: number; p99Ms: number; heyInstrumented: boolean }> {
+  calibration: PacingCalibration,
+): Promise<PacedLatency> {
   const agent = config === "a" ? undefined : await agentFor(config, server.pid);
   live.agent = agent;
   try {
-    const { p50: p50Ms, p99: p99Ms } = await heyLatency({
-      url: server.url + PATH,
-      seconds: args.seconds,
-      connections: args.connections,
-      rate,
-    });
-    await sleep(100);
-    const heyInstrumented = agent
-      ? /instrumenting pid \d+ \/usr\/bin\/hey[^\n]* with /.test(agent.log())
-      : false;
-    return { p50Ms, p99Ms, heyInstrumented };
+    return await pacedLatency({ url: server.url + PATH, seconds: args.seconds, calibration });
   } finally {
     live.agent = undefined;
     await agent?.stop();
@@ -374,17 +370,18 @@ try {
         );
       }
     }
-    const heyRate = Math.round(intervals.a.rps / 2);
+    const rate = Math.round(intervals.a.rps / 2);
     const p99Ms = {} as Record<Config, number>;
     const p50Ms = {} as Record<Config, number>;
-    const heyInstrumented = {} as Record<Config, boolean>;
+    const paced = {} as Record<Config, PacedLatency>;
+    const calibration = await calibratePacing({ url: server.url + PATH, rate });
     for (const config of order) {
-      const p = await measureP99(config, server, heyRate);
+      const p = await measureLatency(config, server, calibration);
       p99Ms[config] = p.p99Ms;
       p50Ms[config] = p.p50Ms;
-      heyInstrumented[config] = p.heyInstrumented;
+      paced[config] = p;
     }
-    const round: Round = { order, intervals, heyRate, p99Ms, p50Ms, heyInstrumented };
+    const round: Round = { order, intervals, rate, p99Ms, p50Ms, paced, calibration };
     rounds.push(round);
     console.error(`round ${r + 1} ${describeRound(round)}`);
   }
@@ -402,33 +399,14 @@ const elapsedSeconds = Math.round((Date.now() - started) / 1000);
 
 // ---- Summary ---------------------------------------------------------------------------------
 
-const stat = (xs: number[]) => ({ median: median(xs), ...spread(xs) });
-type Stat = ReturnType<typeof stat>;
 const of = (config: Config, f: (i: Interval) => number) =>
   rounds.map((r) => f(r.intervals[config]));
 
 const ratio = (config: Config) => rounds.map((r) => r.intervals[config].rps / r.intervals.a.rps);
-const programNames = (config: Config) =>
-  [...new Set(rounds.flatMap((r) => Object.keys(r.intervals[config].programs ?? {})))].sort();
 const programSummary = (config: Config) =>
-  Object.fromEntries(
-    programNames(config).map((name) => {
-      const runs = rounds.map((r) => r.intervals[config].programs?.[name])
-        .filter((p): p is ProgramRun => p !== undefined);
-      return [name, {
-        hitsPerRequest: stat(runs.map((p) => p.hitsPerRequest)),
-        // Programs that did not run (the client probes of a server) have no time per hit.
-        nsPerHit: stat(runs.filter((p) => p.hits > 0).map((p) => p.nsPerHit)),
-        nsPerRequest: stat(runs.map((p) => p.hitsPerRequest * p.nsPerHit)),
-      }];
-    }),
-  );
+  summarizePrograms(rounds.map((r) => r.intervals[config].programs));
 const bpfNsPerRequest = (config: Config, names?: string[]) =>
-  rounds.map((r) =>
-    Object.entries(r.intervals[config].programs ?? {})
-      .filter(([name]) => !names || names.includes(name))
-      .reduce((n, [, p]) => n + p.hitsPerRequest * p.nsPerHit, 0)
-  );
+  rounds.map((r) => programNsPerRequest(r.intervals[config].programs ?? {}, names));
 const UPROBES = [
   "go_server_start",
   "go_server_status",
@@ -456,6 +434,9 @@ const summary = {
     b: stat(rounds.map((r) => r.p50Ms.b - r.p50Ms.a)),
     c: stat(rounds.map((r) => r.p50Ms.c - r.p50Ms.a)),
   },
+  /** The paced runs: rate asked, and reached per configuration. */
+  pacedRateAsked: stat(rounds.map((r) => r.rate)),
+  pacedRps: Object.fromEntries(CONFIGS.map((c) => [c, stat(rounds.map((r) => r.paced[c].rps))])),
   agentRssMb: {
     b: stat(of("b", (i) => i.agentRssMb ?? 0)),
     c: stat(of("c", (i) => i.agentRssMb ?? 0)),
@@ -528,10 +509,7 @@ const commit = (await run("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"])).
     ? " + uncommitted changes"
     : "");
 const f = (x: number, digits = 2) => x.toFixed(digits);
-const range = (s: Stat, digits = 2, unit = "") =>
-  Number.isNaN(s.median)
-    ? "–"
-    : `${f(s.median, digits)}${unit} (${f(s.min, digits)} … ${f(s.max, digits)})`;
+const range = (s: Stat, digits = 2, unit = "") => formatStat(s, digits, unit);
 const signed = (x: number, digits = 1) => `${x >= 0 ? "+" : ""}${x.toFixed(digits)}`;
 const srange = (s: Stat, digits = 1, unit = "%") =>
   `${signed(s.median, digits)}${unit} (${signed(s.min, digits)} … ${signed(s.max, digits)})`;
@@ -551,11 +529,6 @@ const wrkErrors = rounds.flatMap((r, n) =>
     `${r.intervals[c].socketErrors} socket errors`
   )
 );
-const programRows = (config: "b" | "c") =>
-  Object.entries(summary.programs[config]).map(([name, p]) =>
-    `| ${config} | \`${name}\` | ${range(p.hitsPerRequest, 3)} | ${range(p.nsPerHit, 0)} | ` +
-    `${range(p.nsPerRequest, 0)} |`
-  );
 const bAdded = summary.serverCpuAddedUsPerRequest.b.median;
 const bUprobeHits = UPROBES.reduce(
   (n, name) => n + (summary.programs.b[name]?.hitsPerRequest.median ?? 0),
@@ -619,34 +592,37 @@ const md = [
   `(c) ${range(summary.agentRssMb.c, 0, " MB")}.`,
   ...(wrkErrors.length ? [`- wrk reported errors: ${wrkErrors.join("; ")}.`] : []),
   ``,
-  `## p50 and p99 latency at a fixed rate (hey)`,
+  `## p50 and p99 latency at about half the maximum rate (paced wrk)`,
   ``,
-  `\`hey -z ${args.seconds}s -c ${args.connections} -q <rate/${args.connections}>\` pinned to ` +
-  `CPU 1, at half of (a)'s throughput in the same round.`,
+  `\`wrk -t1 -c<N> -d${args.seconds}s --latency\` pinned to CPU 1 with a Lua \`delay()\` of ` +
+  `1 ms: N connections, each sending its next request 1 ms after the previous response (a ` +
+  `closed loop with think time, approximately a fixed rate), aimed at half of (a)'s ` +
+  `throughput in the same round. N: found against the server without the agent, a first ` +
+  `guess of rate × (1 ms + 0.3 ms) / 1000 scaled by asked / reached after 2 s runs until ` +
+  `within 5% (at most 3 runs), then the same N for (a), (b) and (c). wrk's timers have 1 ms ` +
+  `resolution, so connections answered in the same millisecond send together: the load comes ` +
+  `in bursts of about rate / 1000 requests. "reached": wrk's Requests/sec of the measured run. ` +
+  `p50 and p99: wrk's latency distribution (µs resolution), timed from each request's send.`,
   ``,
-  `| round | rate req/s | p50 ms (a) | (b) | (c) | p99 ms (a) | (b) | (c) | ` +
-  `hey instrumented by the agent (b) |`,
-  `|---|---|---|---|---|---|---|---|---|`,
+  `| round | rate asked | calibration: connections → req/s | connections | reached (a) | ` +
+  `(b) | (c) | p50 ms (a) | (b) | (c) | p99 ms (a) | (b) | (c) |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, n) =>
-    `| ${n + 1} | ${r.heyRate} | ${f(r.p50Ms.a)} | ${f(r.p50Ms.b)} | ${f(r.p50Ms.c)} | ` +
-    `${f(r.p99Ms.a)} | ${f(r.p99Ms.b)} | ${f(r.p99Ms.c)} | ` +
-    `${r.heyInstrumented.b ? "yes" : "no"} |`
+    `| ${n + 1} | ${r.rate} | ${
+      r.calibration.tries.map((t) => `${t.connections} → ${f(t.rps, 0)}`).join(", ")
+    } | ${r.calibration.connections} | ${f(r.paced.a.rps, 0)} | ${f(r.paced.b.rps, 0)} | ` +
+    `${f(r.paced.c.rps, 0)} | ` +
+    `${f(r.p50Ms.a, 3)} | ${f(r.p50Ms.b, 3)} | ${f(r.p50Ms.c, 3)} | ` +
+    `${f(r.p99Ms.a, 3)} | ${f(r.p99Ms.b, 3)} | ${f(r.p99Ms.c, 3)} |`
   ),
   ``,
-  `Median (min … max): p99 (a) ${range(summary.p99Ms.a, 2, " ms")}, ` +
-  `(b) ${range(summary.p99Ms.b, 2, " ms")}, (c) ${range(summary.p99Ms.c, 2, " ms")}; ` +
-  `added vs (a): **(b) ${srange(summary.p99AddedMs.b, 2, " ms")}, ` +
-  `(c) ${srange(summary.p99AddedMs.c, 2, " ms")}**; p50 added: ` +
-  `(b) ${srange(summary.p50AddedMs.b, 2, " ms")}, (c) ${srange(summary.p50AddedMs.c, 2, " ms")}.`,
-  ...(rounds.some((r) => r.heyInstrumented.b)
-    ? [
-      ``,
-      `In (b) the default configuration also instruments hey itself (a Go net/http client: ` +
-      `go-http selects Go clients by executable), from the first discovery poll after it ` +
-      `starts: its round trips then carry the client probes (one emulated entry hit, one ` +
-      `single-stepped return hit), which hey's latencies include.`,
-    ]
-    : []),
+  `Median (min … max): rate asked ${range(summary.pacedRateAsked, 0)} req/s, reached ` +
+  `(a) ${range(summary.pacedRps.a, 0)}, (b) ${range(summary.pacedRps.b, 0)}, ` +
+  `(c) ${range(summary.pacedRps.c, 0)}; p99 (a) ${range(summary.p99Ms.a, 3, " ms")}, ` +
+  `(b) ${range(summary.p99Ms.b, 3, " ms")}, (c) ${range(summary.p99Ms.c, 3, " ms")}; ` +
+  `added vs (a): **(b) ${srange(summary.p99AddedMs.b, 3, " ms")}, ` +
+  `(c) ${srange(summary.p99AddedMs.c, 3, " ms")}**; p50 added: ` +
+  `(b) ${srange(summary.p50AddedMs.b, 3, " ms")}, (c) ${srange(summary.p50AddedMs.c, 3, " ms")}.`,
   ``,
   `## Probe hits per request (kernel.bpf_stats_enabled=1)`,
   ``,
@@ -654,10 +630,10 @@ const md = [
   `each wrk interval, run_cnt and run_time_ns summed per program name, divided by the ` +
   `requests wrk completed. Median (min … max) over the rounds.`,
   ``,
-  `| config | program | hits per request | ns per hit | ns per request |`,
-  `|---|---|---|---|---|`,
-  ...programRows("b"),
-  ...programRows("c"),
+  ...programTable([
+    { label: "b", programs: summary.programs.b },
+    { label: "c", programs: summary.programs.c },
+  ], "config"),
   ``,
   `Program time per request: (b) ${range(summary.bpfNsPerRequest.b, 0, " ns")}, of which ` +
   `the uprobes ${range(summary.bpfNsPerRequest.bUprobes, 0, " ns")}; ` +

@@ -1,6 +1,7 @@
 /**
- * What the agent costs nginx: throughput at saturation and p99 latency at a fixed rate, without
- * and with the agent, in one run, alternating, repeated; plus the agent's own CPU per request.
+ * What the agent costs nginx: throughput at saturation and p50/p99 latency at about half that
+ * rate, without and with the agent, in one run, alternating, repeated; plus the agent's own CPU
+ * per request and RSS, and its BPF programs' hits and run time per request.
  *
  *   deno run -A scripts/bench_http.ts [--rounds 5] [--seconds 10] [--out bench/results/http.md]
  *   deno run -A scripts/bench_http.ts --tls [--out bench/results/https.md]
@@ -10,7 +11,19 @@
  *
  * Setup: nginx (1 worker pinned to CPU 0, keep-alive, sendfile on, access log on) serving a
  * 6-byte file on 127.0.0.1; wrk (1 thread, 10 connections) pinned to CPU 1; the agent
- * unpinned, as a user would run it. Latency: `hey` at half the baseline throughput.
+ * unpinned, as a user would run it. kernel.bpf_stats_enabled=1 for the whole run (then
+ * restored): the agent's programs' run_cnt and run_time_ns around its saturation run give the
+ * probe hits and program time per request.
+ *
+ * Latency: wrk pinned to CPU 1 with N connections, each sending its next request 1 ms after the
+ * previous response (a Lua `delay()`): a closed loop with think time, so only approximately a
+ * fixed rate, aimed at half the round's baseline throughput. N comes from the rate (rate × (1 ms
+ * + latency) / 1000), corrected by 2 s calibration runs without the agent (until within 5%, at
+ * most 3), and is the same with and without; the rate reached is reported next to the rate
+ * asked. Not hey: pinned to one CPU, hey could not send the rates asked (it reached
+ * 11–18k req/s of 21–36k), so its "half rate" latencies were at its own ceiling, and it reports
+ * latencies to 0.1 ms only; wrk's `--latency` distribution has µs resolution.
+ *
  * These machines are noisy: compare the with/without ratio of the same round, not absolutes.
  *
  * @module
@@ -18,13 +31,29 @@
 import { testCertificate } from "../tests/support/tls.ts";
 import {
   type Agent,
+  bpfProgramIdsOf,
+  bpfProgramStats,
+  bpfStatsEnabled,
+  calibratePacing,
   cpuNs,
+  formatStat,
   freePort,
-  heyLatency,
   median,
+  type PacedLatency,
+  pacedLatency,
+  type PacingCalibration,
   parseBenchArgs,
+  programNsPerRequest,
+  type ProgramRun,
+  programRuns,
+  programStatsDelta,
+  programTable,
   rssMb,
+  setBpfStatsEnabled,
+  snapshotWorkingTree,
   startAgent as startAgentUntil,
+  stat,
+  summarizePrograms,
   sumMetric,
   writeResults,
   wrk as wrkAt,
@@ -107,8 +136,8 @@ http {
 }
 
 /**
- * The agent with its defaults, except that wrk and hey (clients kprobe-http, tls-uprobe and
- * go-http would measure too) are left alone: this benchmark measures what nginx pays, and probes in wrk would
+ * The agent with its defaults, except that wrk (a client kprobe-http and tls-uprobe would
+ * measure too) is left alone: this benchmark measures what nginx pays, and probes in wrk would
  * slow the load (with `clients: targets`, tls-uprobe's uprobes are in nginx's worker only).
  */
 async function startAgent(): Promise<Agent> {
@@ -119,15 +148,13 @@ async function startAgent(): Promise<Agent> {
       plugins: {
         "kprobe-http": { clients: "targets" },
         "tls-uprobe": { clients: "targets" },
-        // hey (the latency probe) is a Go client: go-http would measure it with uprobes in
-        // hey itself, adding hey's cost to nginx's p99.
-        "go-http": { skip_executables: ["/usr/bin/hey"] },
       },
     }),
   );
   return startAgentUntil({
     until: /instrumenting pid \d+ \/usr\/sbin\/nginx/,
     configPath: config,
+    root: tree.dir,
   });
 }
 
@@ -139,13 +166,10 @@ function wrk(port: number): Promise<{ rps: number; requests: number }> {
   });
 }
 
-function latency(port: number, rate: number): Promise<{ p50: number; p99: number }> {
-  return heyLatency({
-    url: `${SCHEME}://127.0.0.1:${port}/hello`,
-    seconds: SECONDS,
-    connections: CONNECTIONS,
-    rate,
-  });
+const url = (port: number) => `${SCHEME}://127.0.0.1:${port}/hello`;
+
+function latency(port: number, calibration: PacingCalibration): Promise<PacedLatency> {
+  return pacedLatency({ url: url(port), seconds: SECONDS, calibration });
 }
 
 function countedRequests(agent: Agent): Promise<number> {
@@ -159,9 +183,10 @@ function countedRequests(agent: Agent): Promise<number> {
 function describe(r: Round): string {
   return `${r.baselineRps.toFixed(0)} -> ${r.agentRps.toFixed(0)} req/s ` +
     `(${((r.agentRps / r.baselineRps - 1) * 100).toFixed(1)}%), nginx CPU ` +
-    `${r.baselineNginxUs.toFixed(2)} -> ${r.agentNginxUs.toFixed(2)} µs/req, p99 ` +
-    `${r.baselineP99Ms.toFixed(2)} -> ${r.agentP99Ms.toFixed(2)} ms, p50 ` +
-    `${r.baselineP50Ms.toFixed(2)} -> ${r.agentP50Ms.toFixed(2)} ms, agent ` +
+    `${r.baselineNginxUs.toFixed(2)} -> ${r.agentNginxUs.toFixed(2)} µs/req; at ${r.rate} ` +
+    `req/s asked (${r.baselinePacedRps.toFixed(0)} / ${r.agentPacedRps.toFixed(0)} reached) p99 ` +
+    `${r.baselineP99Ms.toFixed(3)} -> ${r.agentP99Ms.toFixed(3)} ms, p50 ` +
+    `${r.baselineP50Ms.toFixed(3)} -> ${r.agentP50Ms.toFixed(3)} ms; agent ` +
     `${r.agentCpuUsPerRequest.toFixed(2)} µs/req and ${r.agentRssMb.toFixed(0)} MB, counted ` +
     `${r.counted} of ${r.sent}`;
 }
@@ -172,6 +197,14 @@ interface Round {
   /** nginx worker CPU time per request, µs: includes the time the probes run in its syscalls. */
   baselineNginxUs: number;
   agentNginxUs: number;
+  /** The paced runs' rate asked: half of baselineRps. */
+  rate: number;
+  /** The rate the paced runs reached (wrk's Requests/sec), and their connections. */
+  baselinePacedRps: number;
+  agentPacedRps: number;
+  /** The paced runs' connections, and the calibration runs that found the count. */
+  pacedConnections: number;
+  calibration: PacingCalibration;
   baselineP99Ms: number;
   agentP99Ms: number;
   baselineP50Ms: number;
@@ -181,8 +214,15 @@ interface Round {
   agentRssMb: number;
   sent: number;
   counted: number;
+  /** The agent's programs over its saturation run, per program name. */
+  programs: Record<string, ProgramRun>;
 }
 
+// The agent runs from a copy of the working tree taken now: the rounds measure one version of
+// the code even if the tree is edited during the run.
+const tree = await snapshotWorkingTree();
+const oldBpfStats = await bpfStatsEnabled();
+await setBpfStatsEnabled("1");
 const nginx = await startNginx();
 const rounds: Round[] = [];
 try {
@@ -197,6 +237,7 @@ try {
     let agentRss = 0;
     let baselineNginxNs = 0;
     let agentNginxNs = 0;
+    let programs: Record<string, ProgramRun> = {};
     const worker = nginx.worker();
     const measureBaseline = async () => {
       const before = cpuNs(worker);
@@ -209,9 +250,15 @@ try {
         const before = cpuNs(agent.pid);
         const nginxBefore = cpuNs(worker);
         const countedBefore = await countedRequests(agent);
+        const ids = bpfProgramIdsOf(agent.pid);
+        const progBefore = await bpfProgramStats(ids);
         withAgent = await wrk(nginx.port);
         agentNginxNs = cpuNs(worker) - nginxBefore;
         cpu = (cpuNs(agent.pid) - before) / 1000;
+        programs = programRuns(
+          programStatsDelta(progBefore, await bpfProgramStats(ids)),
+          withAgent.requests,
+        );
         counted = (await countedRequests(agent)) - countedBefore;
         agentRss = rssMb(agent.pid);
       } finally {
@@ -226,33 +273,53 @@ try {
       await measureAgent();
     }
     const rate = Math.round(baseline.rps / 2);
-    const baselineLatency = await latency(nginx.port, rate);
-    const agent = await startAgent();
-    let agentLatency: { p50: number; p99: number };
-    try {
-      agentLatency = await latency(nginx.port, rate);
-    } finally {
-      await agent.stop();
+    // The paced connections, found without the agent; the same count with it.
+    const calibration = await calibratePacing({ url: url(nginx.port), rate });
+    let baselineLatency!: PacedLatency;
+    let agentLatency!: PacedLatency;
+    const latencyWithAgent = async () => {
+      const agent = await startAgent();
+      try {
+        agentLatency = await latency(nginx.port, calibration);
+      } finally {
+        await agent.stop();
+      }
+    };
+    // The same alternation as the saturation runs.
+    if (agentFirst) {
+      await latencyWithAgent();
+      baselineLatency = await latency(nginx.port, calibration);
+    } else {
+      baselineLatency = await latency(nginx.port, calibration);
+      await latencyWithAgent();
     }
     const round: Round = {
       baselineRps: baseline.rps,
       agentRps: withAgent.rps,
       baselineNginxUs: baselineNginxNs / 1000 / baseline.requests,
       agentNginxUs: agentNginxNs / 1000 / withAgent.requests,
-      baselineP99Ms: baselineLatency.p99,
-      agentP99Ms: agentLatency.p99,
-      baselineP50Ms: baselineLatency.p50,
-      agentP50Ms: agentLatency.p50,
+      rate,
+      baselinePacedRps: baselineLatency.rps,
+      agentPacedRps: agentLatency.rps,
+      pacedConnections: calibration.connections,
+      calibration,
+      baselineP99Ms: baselineLatency.p99Ms,
+      agentP99Ms: agentLatency.p99Ms,
+      baselineP50Ms: baselineLatency.p50Ms,
+      agentP50Ms: agentLatency.p50Ms,
       agentCpuUsPerRequest: cpu / withAgent.requests,
       agentRssMb: agentRss,
       sent: withAgent.requests,
       counted,
+      programs,
     };
     rounds.push(round);
     console.error(`round ${r + 1}: ${describe(round)}`);
   }
 } finally {
   await nginx.stop();
+  await setBpfStatsEnabled(oldBpfStats);
+  await tree.remove();
 }
 
 const ratios = rounds.map((r) => r.agentRps / r.baselineRps);
@@ -265,6 +332,17 @@ const summary = {
   p50AddedMedianMs: median(rounds.map((r) => r.agentP50Ms - r.baselineP50Ms)),
   agentRssMbMedian: median(rounds.map((r) => r.agentRssMb)),
   agentCpuUsPerRequestMedian: median(rounds.map((r) => r.agentCpuUsPerRequest)),
+  /** The paced runs: rate asked and reached (medians). */
+  pacedRateMedian: median(rounds.map((r) => r.rate)),
+  pacedRpsMedian: {
+    baseline: median(rounds.map((r) => r.baselinePacedRps)),
+    agent: median(rounds.map((r) => r.agentPacedRps)),
+  },
+  programs: summarizePrograms(rounds.map((r) => r.programs)),
+  bpfNsPerRequest: stat(rounds.map((r) => programNsPerRequest(r.programs))),
+  hitsPerRequest: stat(
+    rounds.map((r) => Object.values(r.programs).reduce((n, p) => n + p.hitsPerRequest, 0)),
+  ),
 };
 const command = `deno run -A scripts/bench_http.ts --rounds ${ROUNDS} --seconds ${SECONDS}${
   TLS ? " --tls" : ""
@@ -278,35 +356,83 @@ const table = [
   `Command: \`${command}\`  `,
   `Machine: ${Deno.hostname()}, ${navigator.hardwareConcurrency} CPUs, ${Deno.osRelease()}, ` +
   `${new Date().toISOString()}  `,
+  `Tree: the agent ran from a snapshot of the working tree taken at the start (${tree.files} ` +
+  `files, digest ${tree.digest}).  `,
   `nginx: 1 worker pinned to CPU 0, keep-alive, sendfile on, access log on, 6-byte file` +
   `${TLS ? ", HTTPS (TLS 1.3, ECDSA P-256 certificate)" : ""}. ` +
   `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s pinned to CPU 1; the agent unpinned. ` +
-  `p50 and p99: hey at half the round's baseline rate. CPU: /proc/<pid>/task/*/schedstat. ` +
-  `Agent RSS: VmRSS at the end of its saturation run.`,
+  `CPU: /proc/<pid>/task/*/schedstat. Agent RSS: VmRSS at the end of its saturation run. ` +
+  `kernel.bpf_stats_enabled=1 for the whole run (with and without the agent).`,
+  ``,
+  `## Throughput at saturation (wrk)`,
   ``,
   `| round | req/s without | req/s with | change | nginx CPU µs/req without | with | change | ` +
-  `p50 ms without | with | p99 ms without | with | agent CPU µs/req | agent RSS MB | ` +
-  `counted / completed |`,
-  `|---|---|---|---|---|---|---|---|---|---|---|---|---|---|`,
+  `agent CPU µs/req | agent RSS MB | counted / completed |`,
+  `|---|---|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, i) =>
     `| ${i + 1} | ${r.baselineRps.toFixed(0)} | ${r.agentRps.toFixed(0)} | ` +
     `${pct(r.agentRps / r.baselineRps)} | ${r.baselineNginxUs.toFixed(2)} | ` +
     `${r.agentNginxUs.toFixed(2)} | ${pct(r.agentNginxUs / r.baselineNginxUs)} | ` +
-    `${r.baselineP50Ms.toFixed(2)} | ${r.agentP50Ms.toFixed(2)} | ` +
-    `${r.baselineP99Ms.toFixed(2)} | ${r.agentP99Ms.toFixed(2)} | ` +
     `${r.agentCpuUsPerRequest.toFixed(2)} | ${r.agentRssMb.toFixed(0)} | ` +
     `${r.counted} / ${r.sent} |`
   ),
+  ``,
+  `## p50 and p99 at about half the maximum rate (paced wrk)`,
+  ``,
+  `After the round's saturation runs: \`wrk -t1 -c<N> -d${SECONDS}s --latency\` pinned to ` +
+  `CPU 1 with a Lua \`delay()\` of 1 ms: N connections, each sending its next request 1 ms ` +
+  `after the previous response (a closed loop with think time, approximately a fixed rate), ` +
+  `aimed at half the round's baseline req/s; without and with a fresh agent, in the ` +
+  `saturation runs' order. N: found ` +
+  `without the agent, a first guess of rate × (1 ms + 0.3 ms) / 1000 scaled by asked / ` +
+  `reached after 2 s runs until within 5% (at most 3 runs), then the same N without and ` +
+  `with. wrk's timers have 1 ms resolution, so connections answered in the same millisecond ` +
+  `send together: the load comes in bursts of about rate / 1000 requests. ` +
+  `"reached": wrk's Requests/sec of the measured run. p50 and p99: wrk's latency ` +
+  `distribution (µs resolution), timed from each request's send.`,
+  ``,
+  `| round | rate asked | calibration: connections → req/s | connections | reached without | with | ` +
+  `p50 ms without | with | p99 ms without | with |`,
+  `|---|---|---|---|---|---|---|---|---|---|`,
+  ...rounds.map((r, i) =>
+    `| ${i + 1} | ${r.rate} | ${
+      r.calibration.tries.map((t) => `${t.connections} → ${t.rps.toFixed(0)}`).join(", ")
+    } | ${r.pacedConnections} | ${r.baselinePacedRps.toFixed(0)} | ` +
+    `${r.agentPacedRps.toFixed(0)} | ${r.baselineP50Ms.toFixed(3)} | ` +
+    `${r.agentP50Ms.toFixed(3)} | ${r.baselineP99Ms.toFixed(3)} | ` +
+    `${r.agentP99Ms.toFixed(3)} |`
+  ),
+  ``,
+  `## Probe hits per request (kernel.bpf_stats_enabled=1)`,
+  ``,
+  `The agent's programs (the prog ids its fds hold), \`bpftool prog show -j\` before and after ` +
+  `its saturation run, run_cnt and run_time_ns summed per program name, divided by the ` +
+  `requests wrk completed. Median (min … max) over the rounds. The socket programs run for ` +
+  `wrk's reads and writes too (they leave wrk's at their first filter): their hits count both ` +
+  `sides of the connection. run_time_ns is the program only${
+    TLS ? " (not the uprobe trap around each uprobe hit)" : ""
+  }; the stats accounting adds some tens of ns per run.`,
+  ``,
+  ...programTable([{ programs: summary.programs }], undefined, true),
+  ``,
+  `All programs: ${formatStat(summary.hitsPerRequest, 2)} hits and ` +
+  `${formatStat(summary.bpfNsPerRequest, 0, " ns")} of program time per request.`,
+  ``,
+  `## Summary`,
   ``,
   `Medians over the rounds: throughput **${(-summary.throughputLossMedianPct).toFixed(1)}%** ` +
   `(target: no worse than ${TLS ? "-10%" : "-5%"}); nginx CPU per request **+${
     summary.nginxCpuAddedMedianUs.toFixed(2)
   } µs ` +
   `(${summary.nginxCpuAddedMedianPct.toFixed(1)}%)** (the probes run in its syscalls); ` +
-  `added p50 **${summary.p50AddedMedianMs.toFixed(2)} ms**, p99 ` +
-  `**${summary.p99AddedMedianMs.toFixed(2)} ms**; agent CPU ` +
+  `added p50 **${summary.p50AddedMedianMs.toFixed(3)} ms**, p99 ` +
+  `**${summary.p99AddedMedianMs.toFixed(3)} ms** at ` +
+  `${summary.pacedRpsMedian.baseline.toFixed(0)} / ${summary.pacedRpsMedian.agent.toFixed(0)} ` +
+  `req/s reached without / with (${summary.pacedRateMedian.toFixed(0)} asked); agent CPU ` +
   `**${summary.agentCpuUsPerRequestMedian.toFixed(2)} µs per request**, agent RSS ` +
-  `**${summary.agentRssMbMedian.toFixed(0)} MB**.`,
+  `**${summary.agentRssMbMedian.toFixed(0)} MB**; ` +
+  `**${summary.hitsPerRequest.median.toFixed(2)} probe hits per request** ` +
+  `(${summary.bpfNsPerRequest.median.toFixed(0)} ns of program time).`,
   ``,
   `"counted" (requests the agent exported) can exceed "completed" (wrk's count) by up to ` +
   `${CONNECTIONS}: wrk does not count the requests in flight when it stops, whose responses ` +

@@ -8,9 +8,8 @@
  * Setup: a minimal node:http server (200 "hello\n", keep-alive) pinned to CPU 0; wrk -t1
  * -c10 pinned to CPU 1, 2 s of warm-up then `--seconds` measured. Per round, in rotating order:
  * (bare) `node server.mjs`; (redprobe) the same with the agent running (default configuration
- * but for `kprobe-http.clients: targets`, so wrk is not measured, and
- * `go-http.skip_executables: [/usr/bin/hey]`, so hey, a Go client, is not either; a snapshot of
- * the working tree, unpinned, started fresh); (otel) `node --require
+ * but for `kprobe-http.clients: targets`, so wrk is not measured; a snapshot of the working
+ * tree, unpinned, started fresh); (otel) `node --require
  * @opentelemetry/auto-instrumentations-node/register server.mjs` with OTEL_TRACES_EXPORTER=none,
  * OTEL_LOGS_EXPORTER=none, OTEL_METRICS_EXPORTER=otlp (http/protobuf every second to a local
  * receiver in this script that accepts and discards, counting the exports). The OpenTelemetry
@@ -18,33 +17,59 @@
  * `npm install --prefix`.
  *
  * Then, per round and in the same order, a fresh server again (and agent), the same warm-up, and
- * `hey` pinned to CPU 1 at half the round's bare throughput for `--seconds`: p50 and p99 (with
- * the rate hey reached, lower when hey cannot send that many on one CPU). During redprobe's wrk
- * run: the agent's CPU time (/proc schedstat) per request, and its RSS (VmRSS) at the end.
+ * p50 and p99 at about half the round's bare throughput for `--seconds`: wrk pinned to CPU 1 with
+ * N connections, each sending its next request 1 ms after the previous response (a Lua
+ * `delay()`), a closed loop with think time, so only approximately a fixed rate. N comes from
+ * the rate (rate × (1 ms + latency) / 1000), corrected by 2 s calibration runs against a fresh
+ * bare server (until within 5%, at most 3), and is the same for the three; the rate reached is
+ * reported next to the rate asked. Not hey: pinned to one CPU, hey could not send the
+ * rates asked (it reached 11–18k req/s of 21–30k), so its "half rate" latencies were at its own
+ * ceiling, and it reports latencies to 0.1 ms only; wrk's `--latency` distribution has µs
+ * resolution.
+ *
+ * During redprobe's saturation run: the agent's CPU time (/proc schedstat) per request, its RSS
+ * (VmRSS) at the end, and its BPF programs' run_cnt and run_time_ns (kernel.bpf_stats_enabled=1
+ * for the whole run, all three modes, then restored): probe hits and program time per request.
  *
  * Reported: each one's throughput loss against the bare server of the same round (median over
  * rounds), and redprobe's loss / OTel's loss (target: redprobe's loss ≤ 1/5 of OTel's); the p50
  * and p99 each adds to the bare server's at half rate (median over rounds of the per-round
- * differences); the agent's CPU µs per request and RSS (medians).
+ * differences); the agent's CPU µs per request and RSS (medians); per program, hits per request,
+ * ns per hit and ns per request (medians over rounds).
  *
  * @module
  */
 import { join } from "node:path";
 import {
   type Agent,
+  bpfProgramIdsOf,
+  bpfProgramStats,
+  bpfStatsEnabled,
+  calibratePacing,
   commandLine,
   cpuNs,
+  formatStat,
   freePort,
-  heyLatency,
   machineInfo,
   median,
+  type PacedLatency,
+  pacedLatency,
+  type PacingCalibration,
   parseBenchArgs,
+  programNsPerRequest,
+  type ProgramRun,
+  programRuns,
+  programStatsDelta,
+  programTable,
   rssMb,
   run,
+  setBpfStatsEnabled,
   sleep,
   snapshotWorkingTree,
   spread,
   startAgent,
+  stat,
+  summarizePrograms,
   sumMetric,
   writeResults,
   wrk,
@@ -82,14 +107,12 @@ interface Measurement {
   agentCpuUsPerRequest?: number;
   /** redprobe: the agent's VmRSS at the end of the wrk run, MB. */
   agentRssMb?: number;
+  /** redprobe: the agent's BPF programs over the wrk run, per program name. */
+  programs?: Record<string, ProgramRun>;
 }
 
-/** hey at a fixed rate: its median and 99th percentile (ms), and the rate it reached. */
-interface Latency {
-  p50Ms: number;
-  p99Ms: number;
-  rps: number;
-}
+/** Paced wrk at about a fixed rate: median and 99th percentile (ms), rate reached. */
+type Latency = PacedLatency;
 
 const tmp = await Deno.makeTempDir({ prefix: "redprobe-bench-otel-" });
 const tree = await snapshotWorkingTree();
@@ -108,14 +131,7 @@ await run("npm", [
 const agentConfig = join(tmp, "agent.json");
 await Deno.writeTextFile(
   agentConfig,
-  JSON.stringify({
-    plugins: {
-      "kprobe-http": { clients: "targets" },
-      // hey (the latency probe) is a Go client: go-http would measure it with uprobes in hey
-      // itself, adding hey's cost to the server's p99.
-      "go-http": { skip_executables: ["/usr/bin/hey"] },
-    },
-  }),
+  JSON.stringify({ plugins: { "kprobe-http": { clients: "targets" } } }),
 );
 
 async function startServer(mode: Mode): Promise<
@@ -213,6 +229,8 @@ function measure(mode: Mode): Promise<Measurement> {
     const countedBefore = agent
       ? await sumMetric(agent.metricsPort, "http_server_duration_seconds_count")
       : receiver.exports();
+    const ids = agent ? bpfProgramIdsOf(agent.pid) : undefined;
+    const progBefore = ids ? await bpfProgramStats(ids) : undefined;
     const cpuBefore = cpuNs(server.pid);
     const agentCpuBefore = agent ? cpuNs(agent.pid) : 0;
     const result: WrkResult = await wrk({
@@ -227,9 +245,13 @@ function measure(mode: Mode): Promise<Measurement> {
       requests: result.requests,
       serverUsPerRequest: serverUs,
     };
-    if (agent) {
+    if (agent && ids && progBefore) {
       measurement.agentCpuUsPerRequest = (cpuNs(agent.pid) - agentCpuBefore) / 1000 /
         result.requests;
+      measurement.programs = programRuns(
+        programStatsDelta(progBefore, await bpfProgramStats(ids)),
+        result.requests,
+      );
       measurement.agentRssMb = rssMb(agent.pid);
       measurement.counted =
         (await sumMetric(agent.metricsPort, "http_server_duration_seconds_count")) -
@@ -241,17 +263,14 @@ function measure(mode: Mode): Promise<Measurement> {
   });
 }
 
-/** p50 and p99 at a fixed total `rate` (hey). */
-function latency(mode: Mode, rate: number): Promise<Latency> {
-  return withServer(mode, async (url) => {
-    const { p50, p99, rps } = await heyLatency({
-      url,
-      seconds: args.seconds,
-      connections: args.connections,
-      rate,
-    });
-    return { p50Ms: p50, p99Ms: p99, rps };
-  });
+/** The paced connections for about `rate` req/s, found against a fresh bare server. */
+function calibrate(rate: number): Promise<PacingCalibration> {
+  return withServer("bare", (url) => calibratePacing({ url, rate }));
+}
+
+/** p50 and p99 at about the calibrated rate (paced wrk). */
+function latency(mode: Mode, calibration: PacingCalibration): Promise<Latency> {
+  return withServer(mode, (url) => pacedLatency({ url, seconds: args.seconds, calibration }));
 }
 
 interface Round {
@@ -259,25 +278,31 @@ interface Round {
   bare: Measurement;
   redprobe: Measurement;
   otel: Measurement;
-  /** hey's total rate: half of the bare server's req/s in this round. */
-  heyRate: number;
+  /** The paced runs' rate asked: half of the bare server's req/s in this round. */
+  rate: number;
+  /** The paced runs' connections (the same for the three). */
+  calibration: PacingCalibration;
   latency: Record<Mode, Latency>;
 }
 const rounds: Round[] = [];
+const oldBpfStats = await bpfStatsEnabled();
+await setBpfStatsEnabled("1");
 try {
   for (let r = 0; r < args.rounds; r++) {
     const order = MODES.map((_, i) => MODES[(i + r) % MODES.length]);
     const got: Partial<Record<Mode, Measurement>> = {};
     for (const mode of order) got[mode] = await measure(mode);
-    const heyRate = Math.round(got.bare!.rps / 2);
+    const rate = Math.round(got.bare!.rps / 2);
     const lat: Partial<Record<Mode, Latency>> = {};
-    for (const mode of order) lat[mode] = await latency(mode, heyRate);
+    const calibration = await calibrate(rate);
+    for (const mode of order) lat[mode] = await latency(mode, calibration);
     const round: Round = {
       order,
       bare: got.bare!,
       redprobe: got.redprobe!,
       otel: got.otel!,
-      heyRate,
+      rate,
+      calibration,
       latency: lat as Record<Mode, Latency>,
     };
     rounds.push(round);
@@ -289,14 +314,15 @@ try {
         } ` +
         `(${loss(round, "otel").toFixed(1)}%, ${round.otel.counted} OTLP exports); agent ` +
         `${round.redprobe.agentCpuUsPerRequest!.toFixed(2)} µs/req, ` +
-        `${round.redprobe.agentRssMb!.toFixed(0)} MB; at ${heyRate} req/s p50/p99 ms: ` +
+        `${round.redprobe.agentRssMb!.toFixed(0)} MB; at ${rate} req/s asked p50/p99 ms: ` +
         MODES.map((m) =>
-          `${m} ${round.latency[m].p50Ms.toFixed(2)}/${round.latency[m].p99Ms.toFixed(2)} ` +
+          `${m} ${round.latency[m].p50Ms.toFixed(3)}/${round.latency[m].p99Ms.toFixed(3)} ` +
           `(${round.latency[m].rps.toFixed(0)} req/s)`
         ).join(", "),
     );
   }
 } finally {
+  await setBpfStatsEnabled(oldBpfStats);
   await receiver.server.shutdown();
   await Deno.remove(tmp, { recursive: true });
   await tree.remove();
@@ -327,7 +353,7 @@ const summary = {
     redprobe: median(rounds.map((r) => r.redprobe.serverUsPerRequest)),
     otel: median(rounds.map((r) => r.otel.serverUsPerRequest)),
   },
-  /** At half the bare throughput (hey), ms: per mode, and added to bare in the same round. */
+  /** At about half the bare throughput (paced wrk), ms: per mode, and added to bare. */
   p50MsMedian: {
     bare: median(rounds.map((r) => r.latency.bare.p50Ms)),
     redprobe: median(rounds.map((r) => r.latency.redprobe.p50Ms)),
@@ -346,25 +372,32 @@ const summary = {
     redprobe: median(rounds.map((r) => added(r, "redprobe", "p99Ms"))),
     otel: median(rounds.map((r) => added(r, "otel", "p99Ms"))),
   },
-  /** hey's rate: asked (half the bare req/s), and reached, per mode (medians). */
-  heyRateMedian: median(rounds.map((r) => r.heyRate)),
-  heyRpsMedian: {
+  /** The paced runs' rate: asked (half the bare req/s), and reached, per mode (medians). */
+  pacedRateMedian: median(rounds.map((r) => r.rate)),
+  pacedRpsMedian: {
     bare: median(rounds.map((r) => r.latency.bare.rps)),
     redprobe: median(rounds.map((r) => r.latency.redprobe.rps)),
     otel: median(rounds.map((r) => r.latency.otel.rps)),
   },
   agentCpuUsPerRequestMedian: median(rounds.map((r) => r.redprobe.agentCpuUsPerRequest!)),
   agentRssMbMedian: median(rounds.map((r) => r.redprobe.agentRssMb!)),
+  programs: summarizePrograms(rounds.map((r) => r.redprobe.programs)),
+  bpfNsPerRequest: stat(rounds.map((r) => programNsPerRequest(r.redprobe.programs ?? {}))),
+  hitsPerRequest: stat(
+    rounds.map((r) =>
+      Object.values(r.redprobe.programs ?? {}).reduce((n, p) => n + p.hitsPerRequest, 0)
+    ),
+  ),
   otelPackages: OTEL_PACKAGES,
   nodeVersion: (await run("node", ["--version"])).trim(),
 };
 const machine = machineInfo();
 const command = commandLine("scripts/bench_otel_node.ts");
 const f = (x: number) => x.toFixed(1);
-const ms = (x: number) => x.toFixed(2);
-const signedMs = (x: number) => `${x >= 0 ? "+" : ""}${x.toFixed(2)} ms`;
-/** hey runs that reached less than 95% of the rate asked. */
-const heyShort = rounds.flatMap((r) => MODES.filter((m) => r.latency[m].rps < r.heyRate * 0.95))
+const ms = (x: number) => x.toFixed(3);
+const signedMs = (x: number) => `${x >= 0 ? "+" : ""}${x.toFixed(3)} ms`;
+/** Paced runs that reached less than 95% of the rate asked. */
+const pacedShort = rounds.flatMap((r) => MODES.filter((m) => r.latency[m].rps < r.rate * 0.95))
   .length;
 // A median loss ≤ 0 (the instrumented server faster than the bare one) is the machine's noise:
 // their ratio then says nothing.
@@ -384,14 +417,13 @@ const markdown = [
   `Server: minimal node:http (200 "hello\\n") pinned to CPU 0; wrk -t1 -c${args.connections} ` +
   `pinned to CPU 1, ${WARMUP_SECONDS} s warm-up then ${args.seconds} s measured, a fresh server ` +
   `per measurement. redprobe: default configuration (kprobe-http measures node; ` +
-  `\`clients: targets\` leaves wrk alone, \`go-http.skip_executables: [/usr/bin/hey]\` leaves ` +
-  `hey alone), ` +
+  `\`clients: targets\` leaves wrk alone), ` +
   `unpinned; its CPU (/proc/<pid>/task/*/schedstat) over the wrk run per request, its RSS ` +
   `(VmRSS) at the end of it. OTel: \`node --require ` +
   `@opentelemetry/auto-instrumentations-node/register\`, OTEL_TRACES_EXPORTER=none, ` +
   `OTEL_LOGS_EXPORTER=none, OTEL_METRICS_EXPORTER=otlp (http/protobuf, every 1 s, to a local ` +
   `receiver that accepts and discards; metrics only). OTel "exports": OTLP requests received ` +
-  `during the measured seconds.`,
+  `during the measured seconds. kernel.bpf_stats_enabled=1 for the whole run (all three modes).`,
   ``,
   `## Throughput at saturation (wrk)`,
   ``,
@@ -421,23 +453,35 @@ const markdown = [
   `${f(summary.serverUsPerRequestMedian.redprobe)}, OTel ` +
   `${f(summary.serverUsPerRequestMedian.otel)} µs. Agent (redprobe): CPU ` +
   `**${summary.agentCpuUsPerRequestMedian.toFixed(2)} µs per request**, RSS ` +
-  `**${summary.agentRssMbMedian.toFixed(0)} MB** (medians).`,
+  `**${summary.agentRssMbMedian.toFixed(0)} MB**, ` +
+  `**${summary.hitsPerRequest.median.toFixed(2)} probe hits per request** ` +
+  `(${summary.bpfNsPerRequest.median.toFixed(0)} ns of program time; medians).`,
   ``,
   `"counted" can exceed "completed" by up to the ${args.connections} requests in flight when ` +
   `wrk stops.`,
   ``,
-  `## p50 and p99 at half the bare throughput (hey)`,
+  `## p50 and p99 at about half the bare throughput (paced wrk)`,
   ``,
-  `After the round's wrk runs, in the same order, a fresh server (and agent) each, the same ` +
-  `warm-up, then \`hey -z ${args.seconds}s -c ${args.connections} ` +
-  `-q <rate/${args.connections}>\` pinned to CPU 1, the rate half of the round's bare req/s. ` +
-  `"reached": hey's own Requests/sec. hey reports latencies to 0.1 ms.`,
+  `After the round's saturation runs, in the same order, a fresh server (and agent) each, the ` +
+  `same warm-up, then \`wrk -t1 -c<N> -d${args.seconds}s --latency\` pinned to CPU 1 with a ` +
+  `Lua \`delay()\` of 1 ms: N connections, each sending its next request 1 ms after the ` +
+  `previous response (a closed loop with think time, approximately a fixed rate), aimed at ` +
+  `half the round's bare req/s. N: found against a fresh bare server, a first guess of rate × ` +
+  `(1 ms + 0.3 ms) / 1000 scaled by asked / reached after 2 s runs until within 5% (at most 3 ` +
+  `runs), then the same N for the three. wrk's timers have 1 ms resolution, so connections ` +
+  `answered in the same millisecond send together: the load comes in bursts of about ` +
+  `rate / 1000 requests. "reached": wrk's Requests/sec of the measured run. ` +
+  `p50 and p99: wrk's latency distribution (µs resolution), timed from each request's send.`,
   ``,
-  `| round | rate req/s | reached bare / redprobe / OTel | p50 ms bare | redprobe | OTel | ` +
-  `p99 ms bare | redprobe | OTel |`,
-  `|---|---|---|---|---|---|---|---|---|`,
+  `| round | rate asked | calibration: connections → req/s | connections | ` +
+  `reached bare / redprobe / OTel | p50 ms bare | redprobe | OTel | p99 ms bare | redprobe | ` +
+  `OTel |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, i) =>
-    `| ${i + 1} | ${r.heyRate} | ${MODES.map((m) => r.latency[m].rps.toFixed(0)).join(" / ")} | ` +
+    `| ${i + 1} | ${r.rate} | ${
+      r.calibration.tries.map((t) => `${t.connections} → ${t.rps.toFixed(0)}`).join(", ")
+    } | ${r.calibration.connections} | ` +
+    `${MODES.map((m) => r.latency[m].rps.toFixed(0)).join(" / ")} | ` +
     `${ms(r.latency.bare.p50Ms)} | ${ms(r.latency.redprobe.p50Ms)} | ` +
     `${ms(r.latency.otel.p50Ms)} | ${ms(r.latency.bare.p99Ms)} | ` +
     `${ms(r.latency.redprobe.p99Ms)} | ${ms(r.latency.otel.p99Ms)} |`
@@ -450,20 +494,34 @@ const markdown = [
   `**${signedMs(summary.p99AddedMedianMs.otel)}**. Medians: p50 bare ` +
   `${ms(summary.p50MsMedian.bare)}, redprobe ${ms(summary.p50MsMedian.redprobe)}, OTel ` +
   `${ms(summary.p50MsMedian.otel)} ms; p99 bare ${ms(summary.p99MsMedian.bare)}, redprobe ` +
-  `${ms(summary.p99MsMedian.redprobe)}, OTel ${ms(summary.p99MsMedian.otel)} ms.`,
-  ...(heyShort
+  `${ms(summary.p99MsMedian.redprobe)}, OTel ${ms(summary.p99MsMedian.otel)} ms. Rate ` +
+  `(medians): asked ${summary.pacedRateMedian.toFixed(0)}, reached bare ` +
+  `${summary.pacedRpsMedian.bare.toFixed(0)}, redprobe ` +
+  `${summary.pacedRpsMedian.redprobe.toFixed(0)}, OTel ${
+    summary.pacedRpsMedian.otel.toFixed(0)
+  } req/s.`,
+  ...(pacedShort
     ? [
       ``,
-      `hey fell short of the rate asked (by more than 5%) in ${heyShort} of ` +
-      `${rounds.length * MODES.length} runs: there it sent as fast ` +
-      `as it could on its one CPU (median reached: bare ${summary.heyRpsMedian.bare.toFixed(0)}, ` +
-      `redprobe ${summary.heyRpsMedian.redprobe.toFixed(0)}, OTel ` +
-      `${summary.heyRpsMedian.otel.toFixed(0)} req/s, asked ${
-        summary.heyRateMedian.toFixed(0)
-      }), ` +
-      `so those latencies are closed-loop at hey's ceiling rather than at a fixed rate.`,
+      `The paced run fell short of the rate asked by more than 5% in ${pacedShort} of ` +
+      `${rounds.length * MODES.length} runs (the host's noise between the calibration and the ` +
+      `measured run, or a slower server): see "reached".`,
     ]
     : []),
+  ``,
+  `## Probe hits per request (redprobe; kernel.bpf_stats_enabled=1)`,
+  ``,
+  `The agent's programs (the prog ids its fds hold), \`bpftool prog show -j\` before and after ` +
+  `redprobe's saturation run, run_cnt and run_time_ns summed per program name, divided by the ` +
+  `requests wrk completed. Median (min … max) over the rounds. The socket programs run for ` +
+  `wrk's reads and writes too (they leave wrk's at their first filter): their hits count both ` +
+  `sides of the connection. run_time_ns is the program only; the stats accounting adds some ` +
+  `tens of ns per run.`,
+  ``,
+  ...programTable([{ programs: summary.programs }], undefined, true),
+  ``,
+  `All programs: ${formatStat(summary.hitsPerRequest, 2)} hits and ` +
+  `${formatStat(summary.bpfNsPerRequest, 0, " ns")} of program time per request.`,
   ``,
 ].join("\n");
 console.log(markdown);

@@ -1,7 +1,8 @@
 /**
  * What the benchmarks of scripts/ share: their flags, the agent started as a user would start
- * it, CPU time from /proc, wrk and hey run pinned and their output read, the BPF programs' own
- * run statistics, medians and spreads, and the results written as markdown and JSON.
+ * it, CPU time from /proc, wrk run pinned (at saturation, or paced for latency at a rate) and its
+ * output read, the BPF programs' own run statistics and their per-request table, medians and
+ * spreads, and the results written as markdown and JSON.
  *
  * @module
  */
@@ -19,7 +20,7 @@ export interface BenchArgs {
   seconds: number;
   /** Where the markdown goes (the JSON beside it, `.json` for `.md`); none: stdout only. */
   out?: string;
-  /** wrk's and hey's connections. */
+  /** wrk's connections at saturation. */
   connections: number;
   /** `--tls`: the server speaks HTTPS (benchmarks that support it). */
   tls: boolean;
@@ -225,14 +226,36 @@ export async function sumMetric(
     .reduce((n, s) => n + s.value, 0);
 }
 
-/** Nanoseconds `pid` (all its threads) has run on a CPU: /proc/<pid>/task/<tid>/schedstat. */
+/** Per process, per thread: the last schedstat read, and what earlier threads of that tid ran. */
+const threadTimes = new Map<number, Map<string, { base: number; last: number }>>();
+
+/**
+ * Nanoseconds `pid` (all its threads) has run on a CPU: /proc/<pid>/task/<tid>/schedstat.
+ * A thread that exits takes its schedstat with it, so each thread's last value read is kept:
+ * the difference of two calls is the time of the threads alive at both, plus that of the threads
+ * started in between, minus nothing for the threads that exited (only their time since the last
+ * call is lost). Without this, the agent's CPU per request came out negative when a worker
+ * thread that had run for a while (the x86 decoder's) exited during a measurement.
+ */
 export function cpuNs(pid: number): number {
-  let ns = 0;
+  let threads = threadTimes.get(pid);
+  if (!threads) threadTimes.set(pid, threads = new Map());
   for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
+    let now: number;
     try {
-      ns += Number(Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/schedstat`).split(" ")[0]);
-    } catch { /* thread exited */ }
+      now = Number(Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/schedstat`).split(" ")[0]);
+    } catch {
+      continue; // thread exited
+    }
+    const t = threads.get(task.name);
+    if (!t) threads.set(task.name, { base: 0, last: now });
+    else {
+      if (now < t.last) t.base += t.last; // the tid was reused by a new thread
+      t.last = now;
+    }
   }
+  let ns = 0;
+  for (const t of threads.values()) ns += t.base + t.last;
   return ns;
 }
 
@@ -283,57 +306,162 @@ export async function wrk(options: LoadOptions): Promise<WrkResult> {
   );
 }
 
-/** hey's 99th percentile, in ms. */
-export function parseHeyP99Ms(text: string): number {
-  return parseHeyLatencyMs(text).p99;
-}
-
-/** hey's median and 99th percentile, in ms. */
-export function parseHeyLatencyMs(text: string): { p50: number; p99: number } {
-  const at = (pct: number) =>
-    Number(new RegExp(`${pct}%\\s+in\\s+([\\d.]+)\\s+secs`).exec(text)?.[1]);
-  const p50 = at(50), p99 = at(99);
-  if (!Number.isFinite(p50) || !Number.isFinite(p99)) {
-    throw new Error(`cannot read hey output:\n${text}`);
-  }
-  return { p50: p50 * 1000, p99: p99 * 1000 };
-}
-
 /** A process's resident memory (VmRSS), in MB. */
 export function rssMb(pid: number): number {
   const kb = Number(/^VmRSS:\s+(\d+)/m.exec(Deno.readTextFileSync(`/proc/${pid}/status`))?.[1]);
   return kb / 1024;
 }
 
-/**
- * `hey -z <seconds>s -c <connections> -q <rate/connections>`, pinned: the p99 latency, in ms,
- * at a fixed total rate (hey's -q is per connection).
- */
-export async function heyP99(options: LoadOptions & { rate: number }): Promise<number> {
-  return (await heyLatency(options)).p99;
+export interface PacedLatency {
+  /** The rate asked for, req/s. */
+  rate: number;
+  /** The rate reached in the measured run (wrk's Requests/sec). */
+  rps: number;
+  /** wrk's connections in the measured run (from {@linkcode calibratePacing}). */
+  connections: number;
+  /** Completed requests in the measured run. */
+  requests: number;
+  /** Median and 99th percentile of wrk's `--latency` distribution, ms (µs resolution). */
+  p50Ms: number;
+  p99Ms: number;
+  non2xx: number;
+  socketErrors: number;
 }
 
-/**
- * Like {@linkcode heyP99}: the median and the 99th percentile, in ms; and the rate hey reached
- * (its Requests/sec), which is below `rate` when hey, on its one CPU, cannot send that many.
- */
-export async function heyLatency(
-  options: LoadOptions & { rate: number },
-): Promise<{ p50: number; p99: number; rps: number }> {
-  const perWorker = Math.max(1, Math.round(options.rate / options.connections));
+/** One of wrk's durations ("123.45us", "1.20ms", "2.00s") in ms. */
+function wrkDurationMs(text: string): number {
+  const m = /^([\d.]+)(us|ms|s|m|h)$/.exec(text);
+  if (!m) throw new Error(`cannot read wrk duration "${text}"`);
+  const scale = { us: 0.001, ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as "us"];
+  return Number(m[1]) * scale;
+}
+
+/** p50 and p99 of wrk's "Latency Distribution" block (`wrk --latency`), ms. */
+export function parseWrkLatencyMs(text: string): { p50: number; p99: number } {
+  const block = /Latency Distribution\n((?:\s+\d+%\s+\S+\n)+)/.exec(text)?.[1];
+  const at = (pct: number) => {
+    const m = new RegExp(`^\\s+${pct}%\\s+(\\S+)$`, "m").exec(block ?? "");
+    if (!m) throw new Error(`cannot read wrk's latency distribution:\n${text}`);
+    return wrkDurationMs(m[1]);
+  };
+  return { p50: at(50), p99: at(99) };
+}
+
+/** The Lua script that makes each of wrk's connections wait 1 ms after a response. */
+let pacingScript: string | undefined;
+async function wrkPacingScript(): Promise<string> {
+  if (!pacingScript) {
+    const path = await Deno.makeTempFile({ prefix: "redprobe-bench-pace-", suffix: ".lua" });
+    // wrk calls delay() after each response; the connection sends its next request that many
+    // milliseconds later (a timer of wrk's event loop). Latency is timed from the send.
+    await Deno.writeTextFile(path, "function delay()\n  return 1\nend\n");
+    pacingScript = path;
+    globalThis.addEventListener("unload", () => {
+      try {
+        Deno.removeSync(path);
+      } catch { /* gone */ }
+    });
+  }
+  return pacingScript;
+}
+
+/** `wrk -t1 -c<connections> -d<seconds>s --latency -s <1 ms pacing> URL`, pinned. */
+async function pacedWrk(
+  options: LoadOptions,
+): Promise<WrkResult & { p50Ms: number; p99Ms: number }> {
   const text = await run("taskset", [
     "-c",
     options.cpu ?? "1",
-    "hey",
-    "-z",
-    `${options.seconds}s`,
-    "-c",
-    String(options.connections),
-    "-q",
-    String(perWorker),
+    "wrk",
+    "-t1",
+    `-c${options.connections}`,
+    `-d${options.seconds}s`,
+    "--latency",
+    "-s",
+    await wrkPacingScript(),
     options.url,
   ]);
-  return { ...parseHeyLatencyMs(text), rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]) };
+  const { p50, p99 } = parseWrkLatencyMs(text);
+  return { ...parseWrk(text), p50Ms: p50, p99Ms: p99 };
+}
+
+export interface PacingCalibration {
+  rate: number;
+  /** The connections to use. */
+  connections: number;
+  /** The calibration runs: connections tried and the rate each reached. */
+  tries: { connections: number; rps: number }[];
+}
+
+/**
+ * How many paced connections (see {@linkcode pacedLatency}) send about `rate` req/s to `url`:
+ * first guessed as rate × (1 ms + `expectedLatencyMs`) / 1000, then runs of `seconds` (default
+ * 2) measure the rate reached and scale the count by asked / reached, until a run is within 5%
+ * of the rate or after `tries` runs (default 3). Run it against the server without the agent
+ * and use the count for every configuration: the same offered load for each.
+ */
+export async function calibratePacing(
+  options: Omit<LoadOptions, "connections" | "seconds"> & {
+    rate: number;
+    seconds?: number;
+    tries?: number;
+    /** Default 0.3. */
+    expectedLatencyMs?: number;
+  },
+): Promise<PacingCalibration> {
+  let connections = Math.max(
+    1,
+    Math.round(options.rate * (1 + (options.expectedLatencyMs ?? 0.3)) / 1000),
+  );
+  const tries: { connections: number; rps: number }[] = [];
+  for (let i = 0; i < (options.tries ?? 3); i++) {
+    const w = await pacedWrk({ ...options, seconds: options.seconds ?? 2, connections });
+    tries.push({ connections, rps: w.rps });
+    if (Math.abs(w.rps / options.rate - 1) <= 0.05) break;
+    connections = Math.min(
+      connections * 4,
+      Math.max(1, Math.round(connections * options.rate / w.rps)),
+    );
+  }
+  // The try closest to the rate, corrected by its asked / reached (the last one may have
+  // overshot).
+  const best = tries.reduce((a, b) =>
+    Math.abs(b.rps / options.rate - 1) < Math.abs(a.rps / options.rate - 1) ? b : a
+  );
+  return {
+    rate: options.rate,
+    connections: Math.abs(best.rps / options.rate - 1) <= 0.05
+      ? best.connections
+      : Math.max(1, Math.round(best.connections * options.rate / best.rps)),
+    tries,
+  };
+}
+
+/**
+ * p50 and p99 at about a fixed total rate, with wrk (C, epoll: one pinned core sends far more
+ * than hey, which could not reach the rates asked here, and its latency distribution has µs
+ * resolution where hey's has 0.1 ms): the `calibration`'s connections, each sending its next
+ * request 1 ms after the previous response (`delay()` in a Lua script), so a closed loop with
+ * think time, approximately at the rate {@linkcode calibratePacing} found the count for. wrk's
+ * timers have 1 ms resolution: the connections whose responses came in the same millisecond send
+ * their next requests together, in bursts. The rate reached is returned with the rate asked:
+ * report both.
+ */
+export async function pacedLatency(
+  options: Omit<LoadOptions, "connections"> & { calibration: PacingCalibration },
+): Promise<PacedLatency> {
+  const connections = options.calibration.connections;
+  const w = await pacedWrk({ ...options, connections });
+  return {
+    rate: options.calibration.rate,
+    rps: w.rps,
+    connections,
+    requests: w.requests,
+    p50Ms: w.p50Ms,
+    p99Ms: w.p99Ms,
+    non2xx: w.non2xx,
+    socketErrors: w.socketErrors,
+  };
 }
 
 /** `sysctl kernel.bpf_stats_enabled` (run_cnt and run_time_ns of every BPF program). */
@@ -396,6 +524,123 @@ export function programStatsDelta(
     out.set(name, { runCnt: a.runCnt - b.runCnt, runTimeNs: a.runTimeNs - b.runTimeNs });
   }
   return out;
+}
+
+export interface ProgramRun {
+  hits: number;
+  runTimeNs: number;
+  hitsPerRequest: number;
+  /** run_time_ns / run_cnt: the program only (no trap, no single-step); 0 if it did not run. */
+  nsPerHit: number;
+}
+
+/** A {@linkcode programStatsDelta} over an interval of `requests` requests, per program name. */
+export function programRuns(
+  delta: Map<string, ProgramStats>,
+  requests: number,
+): Record<string, ProgramRun> {
+  return Object.fromEntries(
+    [...delta].sort(([x], [y]) => x.localeCompare(y)).map(([name, s]) => [name, {
+      hits: s.runCnt,
+      runTimeNs: s.runTimeNs,
+      hitsPerRequest: s.runCnt / requests,
+      nsPerHit: s.runCnt ? s.runTimeNs / s.runCnt : 0,
+    }]),
+  );
+}
+
+/** Median, smallest and largest. */
+export interface Stat {
+  median: number;
+  min: number;
+  max: number;
+}
+
+export function stat(xs: number[]): Stat {
+  return { median: median(xs), ...spread(xs) };
+}
+
+/** `median (min … max)`, or "–" when there was nothing to take the median of. */
+export function formatStat(s: Stat, digits = 2, unit = ""): string {
+  const f = (x: number) => x.toFixed(digits);
+  return Number.isNaN(s.median) ? "–" : `${f(s.median)}${unit} (${f(s.min)} … ${f(s.max)})`;
+}
+
+export interface ProgramSummary {
+  hitsPerRequest: Stat;
+  nsPerHit: Stat;
+  nsPerRequest: Stat;
+}
+
+/** Per program name, over the rounds' {@linkcode programRuns} (undefined: no agent that round). */
+export function summarizePrograms(
+  rounds: (Record<string, ProgramRun> | undefined)[],
+): Record<string, ProgramSummary> {
+  const names = [...new Set(rounds.flatMap((r) => Object.keys(r ?? {})))].sort();
+  return Object.fromEntries(
+    names.map((name) => {
+      const runs = rounds.map((r) => r?.[name]).filter((p): p is ProgramRun => p !== undefined);
+      return [name, {
+        hitsPerRequest: stat(runs.map((p) => p.hitsPerRequest)),
+        // Programs that did not run (the client probes of a server) have no time per hit.
+        nsPerHit: stat(runs.filter((p) => p.hits > 0).map((p) => p.nsPerHit)),
+        nsPerRequest: stat(runs.map((p) => p.hitsPerRequest * p.nsPerHit)),
+      }];
+    }),
+  );
+}
+
+/** The programs' run time per request in one round, all of them or those `names`. */
+export function programNsPerRequest(runs: Record<string, ProgramRun>, names?: string[]): number {
+  return Object.entries(runs)
+    .filter(([name]) => !names || names.includes(name))
+    .reduce((n, [, p]) => n + p.hitsPerRequest * p.nsPerHit, 0);
+}
+
+/**
+ * The markdown table of {@linkcode summarizePrograms}: per program, hits per request, ns per hit
+ * and ns per request, median (min … max). With `labelHeader`, a first column of each group's
+ * label (several configurations in one table).
+ */
+export function programTable(
+  groups: { label?: string; programs: Record<string, ProgramSummary> }[],
+  labelHeader?: string,
+  /** Leave out the programs that never ran, and name them after the table instead. */
+  omitIdle = false,
+): string[] {
+  if (omitIdle) {
+    const idle = [
+      ...new Set(
+        groups.flatMap((g) =>
+          Object.entries(g.programs).filter(([, p]) => p.hitsPerRequest.max === 0).map(([n]) => n)
+        ),
+      ),
+    ].sort();
+    const busy = groups.map((g) => ({
+      ...g,
+      programs: Object.fromEntries(
+        Object.entries(g.programs).filter(([, p]) => p.hitsPerRequest.max > 0),
+      ),
+    }));
+    return [
+      ...programTable(busy, labelHeader),
+      ...(idle.length
+        ? [``, `Loaded but not run in any round: ${idle.map((n) => `\`${n}\``).join(", ")}.`]
+        : []),
+    ];
+  }
+  const first = labelHeader ? `| ${labelHeader} ` : "";
+  return [
+    `${first}| program | hits per request | ns per hit | ns per request |`,
+    `${labelHeader ? "|---" : ""}|---|---|---|---|`,
+    ...groups.flatMap((g) =>
+      Object.entries(g.programs).map(([name, p]) =>
+        `${labelHeader ? `| ${g.label ?? ""} ` : ""}| \`${name}\` | ` +
+        `${formatStat(p.hitsPerRequest, 3)} | ${formatStat(p.nsPerHit, 0)} | ` +
+        `${formatStat(p.nsPerRequest, 0)} |`
+      )
+    ),
+  ];
 }
 
 export function median(xs: number[]): number {
