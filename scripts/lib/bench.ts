@@ -549,6 +549,27 @@ export function programRuns(
   );
 }
 
+/**
+ * The programs of the agent `agentPid` per request, over a load of their own (`load`, a short
+ * wrk run) with `kernel.bpf_stats_enabled` on for that load only: the accounting costs some
+ * tens of ns per program run, and the throughput runs must not pay it. Restores the setting.
+ */
+export async function programRunsOver(
+  agentPid: number,
+  load: () => Promise<{ requests: number }>,
+): Promise<Record<string, ProgramRun>> {
+  const old = await bpfStatsEnabled();
+  await setBpfStatsEnabled("1");
+  try {
+    const ids = bpfProgramIdsOf(agentPid);
+    const before = await bpfProgramStats(ids);
+    const { requests } = await load();
+    return programRuns(programStatsDelta(before, await bpfProgramStats(ids)), requests);
+  } finally {
+    await setBpfStatsEnabled(old);
+  }
+}
+
 /** Median, smallest and largest. */
 export interface Stat {
   median: number;
