@@ -34,17 +34,16 @@ import {
   type Agent,
   calibratePacing,
   cpuNs,
-  formatStat,
   freePort,
   median,
   type PacedLatency,
   pacedLatency,
   type PacingCalibration,
   parseBenchArgs,
+  probeHitsSection,
   programNsPerRequest,
   type ProgramRun,
   programRunsOver,
-  programTable,
   rssMb,
   snapshotWorkingTree,
   startAgent as startAgentUntil,
@@ -394,21 +393,15 @@ const table = [
     `${r.agentP99Ms.toFixed(3)} |`
   ),
   ``,
-  `## Probe hits per request (kernel.bpf_stats_enabled=1)`,
-  ``,
-  `The agent's programs (the prog ids its fds hold), \`bpftool prog show -j\` before and after ` +
-  `a separate ${STATS_SECONDS} s wrk run right after its saturation run (bpf_stats on for that ` +
-  `run only), run_cnt and run_time_ns summed per program name, divided by the requests wrk ` +
-  `completed. Median (min … max) over the rounds. The socket programs run for ` +
-  `wrk's reads and writes too (they leave wrk's at their first filter): their hits count both ` +
-  `sides of the connection. run_time_ns is the program only${
-    TLS ? " (not the uprobe trap around each uprobe hit)" : ""
-  }; the stats accounting adds some tens of ns per run.`,
-  ``,
-  ...programTable([{ programs: summary.programs }], undefined, true),
-  ``,
-  `All programs: ${formatStat(summary.hitsPerRequest, 2)} hits and ` +
-  `${formatStat(summary.bpfNsPerRequest, 0, " ns")} of program time per request.`,
+  ...probeHitsSection({
+    title: "Probe hits per request (kernel.bpf_stats_enabled=1)",
+    statsSeconds: STATS_SECONDS,
+    whose: "its",
+    uprobes: TLS,
+    programs: summary.programs,
+    hitsPerRequest: summary.hitsPerRequest,
+    bpfNsPerRequest: summary.bpfNsPerRequest,
+  }),
   ``,
   `## Summary`,
   ``,

@@ -47,7 +47,6 @@ import {
   calibratePacing,
   commandLine,
   cpuNs,
-  formatStat,
   freePort,
   machineInfo,
   median,
@@ -55,10 +54,10 @@ import {
   pacedLatency,
   type PacingCalibration,
   parseBenchArgs,
+  probeHitsSection,
   programNsPerRequest,
   type ProgramRun,
   programRunsOver,
-  programTable,
   rssMb,
   run,
   sleep,
@@ -504,20 +503,14 @@ const markdown = [
     ]
     : []),
   ``,
-  `## Probe hits per request (redprobe; kernel.bpf_stats_enabled=1)`,
-  ``,
-  `The agent's programs (the prog ids its fds hold), \`bpftool prog show -j\` before and after ` +
-  `a separate ${STATS_SECONDS} s wrk run right after redprobe's saturation run (bpf_stats on ` +
-  `for that run only), run_cnt and run_time_ns summed per program name, divided by the ` +
-  `requests wrk completed. Median (min … max) over the rounds. The socket programs run for ` +
-  `wrk's reads and writes too (they leave wrk's at their first filter): their hits count both ` +
-  `sides of the connection. run_time_ns is the program only; the stats accounting adds some ` +
-  `tens of ns per run.`,
-  ``,
-  ...programTable([{ programs: summary.programs }], undefined, true),
-  ``,
-  `All programs: ${formatStat(summary.hitsPerRequest, 2)} hits and ` +
-  `${formatStat(summary.bpfNsPerRequest, 0, " ns")} of program time per request.`,
+  ...probeHitsSection({
+    title: "Probe hits per request (redprobe; kernel.bpf_stats_enabled=1)",
+    statsSeconds: STATS_SECONDS,
+    whose: "redprobe's",
+    programs: summary.programs,
+    hitsPerRequest: summary.hitsPerRequest,
+    bpfNsPerRequest: summary.bpfNsPerRequest,
+  }),
   ``,
 ].join("\n");
 console.log(markdown);

@@ -293,17 +293,21 @@ export interface LoadOptions {
 
 /** `wrk -t1 -c<connections> -d<seconds>s URL`, pinned: saturation throughput. */
 export async function wrk(options: LoadOptions): Promise<WrkResult> {
-  return parseWrk(
-    await run("taskset", [
-      "-c",
-      options.cpu ?? "1",
-      "wrk",
-      "-t1",
-      `-c${options.connections}`,
-      `-d${options.seconds}s`,
-      options.url,
-    ]),
-  );
+  return parseWrk(await runWrk(options));
+}
+
+/** `wrk -t1 -c<connections> -d<seconds>s [extra] URL`, pinned; its output. */
+function runWrk(options: LoadOptions, extra: string[] = []): Promise<string> {
+  return run("taskset", [
+    "-c",
+    options.cpu ?? "1",
+    "wrk",
+    "-t1",
+    `-c${options.connections}`,
+    `-d${options.seconds}s`,
+    ...extra,
+    options.url,
+  ]);
 }
 
 /** A process's resident memory (VmRSS), in MB. */
@@ -369,18 +373,7 @@ async function wrkPacingScript(): Promise<string> {
 async function pacedWrk(
   options: LoadOptions,
 ): Promise<WrkResult & { p50Ms: number; p99Ms: number }> {
-  const text = await run("taskset", [
-    "-c",
-    options.cpu ?? "1",
-    "wrk",
-    "-t1",
-    `-c${options.connections}`,
-    `-d${options.seconds}s`,
-    "--latency",
-    "-s",
-    await wrkPacingScript(),
-    options.url,
-  ]);
+  const text = await runWrk(options, ["--latency", "-s", await wrkPacingScript()]);
   const { p50, p99 } = parseWrkLatencyMs(text);
   return { ...parseWrk(text), p50Ms: p50, p99Ms: p99 };
 }
@@ -616,6 +609,39 @@ export function programNsPerRequest(runs: Record<string, ProgramRun>, names?: st
   return Object.entries(runs)
     .filter(([name]) => !names || names.includes(name))
     .reduce((n, [, p]) => n + p.hitsPerRequest * p.nsPerHit, 0);
+}
+
+/**
+ * The "Probe hits per request" section of a report on {@linkcode programRunsOver}'s counts: how
+ * they were taken (a `statsSeconds` s wrk run right after `whose` saturation run), the table, and
+ * the totals. `uprobes`: say that run_time_ns leaves out the trap around each uprobe hit.
+ */
+export function probeHitsSection(options: {
+  title: string;
+  statsSeconds: number;
+  whose: string;
+  uprobes?: boolean;
+  programs: Record<string, ProgramSummary>;
+  hitsPerRequest: Stat;
+  bpfNsPerRequest: Stat;
+}): string[] {
+  return [
+    `## ${options.title}`,
+    ``,
+    `The agent's programs (the prog ids its fds hold), \`bpftool prog show -j\` before and after ` +
+    `a separate ${options.statsSeconds} s wrk run right after ${options.whose} saturation run ` +
+    `(bpf_stats on for that run only), run_cnt and run_time_ns summed per program name, divided ` +
+    `by the requests wrk completed. Median (min … max) over the rounds. The socket programs run ` +
+    `for wrk's reads and writes too (they leave wrk's at their first filter): their hits count ` +
+    `both sides of the connection. run_time_ns is the program only${
+      options.uprobes ? " (not the uprobe trap around each uprobe hit)" : ""
+    }; the stats accounting adds some tens of ns per run.`,
+    ``,
+    ...programTable([{ programs: options.programs }], undefined, true),
+    ``,
+    `All programs: ${formatStat(options.hitsPerRequest, 2)} hits and ` +
+    `${formatStat(options.bpfNsPerRequest, 0, " ns")} of program time per request.`,
+  ];
 }
 
 /**
