@@ -264,6 +264,23 @@ export interface PluginDefinition<E = unknown, O = Record<string, unknown>> {
    */
   attachOnce?: AttachSpec[] | ((ctx: PluginContext<O>) => AttachSpec[]);
   /**
+   * Attachments made later, once the plugin's BPF code asks for them: for programs that cost
+   * every process something (a socket tracepoint runs on every read and write of the machine)
+   * but are only needed once the plugin has something to measure. The core attaches `specs`
+   * once the u32 at key 0 of the plugin's array map `map` becomes non-zero. The BPF code sets
+   * it, with a compare-and-swap, when it first needs them, and should submit a ring-buffer
+   * record with `BPF_RB_FORCE_WAKEUP` at the same time so the core looks at once (a discarded
+   * one wakes it as well, without reaching `decode`); otherwise the core looks at every ring
+   * poll, at most 200 ms apart. Attached at most once (a failure is logged and counted, and
+   * not retried), detached when the plugin stops, like `attachOnce`. `description` says in the
+   * log why they were attached ("first SSL call seen").
+   */
+  attachOnDemand?: {
+    map: string;
+    specs: AttachSpec[] | ((ctx: PluginContext<O>) => AttachSpec[]);
+    description?: string;
+  };
+  /**
    * Whether this plugin instruments `target` (default: every target). `{ skip: reason }` means
    * no, for a reason worth counting (`redprobe_processes_skipped_total{plugin,reason}`) and
    * logging once: a binary this plugin cannot handle (`quiet`: the log line is debug level, for
@@ -360,6 +377,15 @@ const attachSpecSchema = z.discriminatedUnion("kind", [
   }),
 ]);
 
+/** An array of specs (each checked, with its index in the message) or a function of the context. */
+const attachSpecsSchema = z.unknown().superRefine((value, ctx) => {
+  if (typeof value === "function") return;
+  const result = z.array(attachSpecSchema).safeParse(value);
+  for (const issue of result.error?.issues ?? []) {
+    ctx.addIssue({ code: "custom", path: issue.path, message: issue.message });
+  }
+});
+
 const pluginSchema = z.object({
   id: z.string().regex(/^[a-z][a-z0-9]*(-[a-z0-9]+)*$/, "lower-case words joined by '-'"),
   description: z.string().min(1),
@@ -375,13 +401,11 @@ const pluginSchema = z.object({
   constants: z.function().optional(),
   maxEntries: z.function().optional(),
   uprobeMultiPrograms: z.array(z.string().min(1)).optional(),
-  // An array of specs (each checked, with its index in the message) or a function of the context.
-  attachOnce: z.unknown().superRefine((value, ctx) => {
-    if (value === undefined || typeof value === "function") return;
-    const result = z.array(attachSpecSchema).safeParse(value);
-    for (const issue of result.error?.issues ?? []) {
-      ctx.addIssue({ code: "custom", path: issue.path, message: issue.message });
-    }
+  attachOnce: attachSpecsSchema.optional(),
+  attachOnDemand: z.strictObject({
+    map: z.string().min(1),
+    specs: attachSpecsSchema,
+    description: z.string().min(1).optional(),
   }).optional(),
   appliesTo: z.function().optional(),
   replaces: z.union([z.array(z.string()), z.function()]).optional(),

@@ -137,6 +137,11 @@ export class PluginHost implements AsyncDisposable {
   readonly #ctx: PluginContext<unknown>;
   #closed = false;
   #sweepTimer: ReturnType<typeof setInterval> | undefined;
+  /**
+   * The `attachOnDemand` flag map while its programs wait to be attached; undefined before
+   * start, once they are attached, once that failed, and for plugins without any.
+   */
+  #onDemandFlag: BpfMap | undefined;
 
   /**
    * Opens, configures, loads and attaches `plugin`. Throws (with every partial resource
@@ -170,6 +175,8 @@ export class PluginHost implements AsyncDisposable {
         ? plugin.attachOnce(ctx)
         : plugin.attachOnce ?? [];
       for (const spec of once) this.#globalLinks.push(this.#attach(spec));
+      // A missing flag map is the plugin's mistake: the start fails, as for attachOnce.
+      if (plugin.attachOnDemand) this.#onDemandFlag = this.#object.map(plugin.attachOnDemand.map);
       // Before the reader: a sweep program that cannot run fails the start with nothing running.
       if (plugin.sweep) this.#startSweep(plugin.sweep.program, plugin.sweep.intervalMs ?? 1000);
       this.#reader = new RingBufferReader(
@@ -177,8 +184,14 @@ export class PluginHost implements AsyncDisposable {
         (record) => this.#onRecord(record),
         {
           onError: (e) => log.warn(`${plugin.id}: ring buffer: ${(e as Error).message}`),
+          // One array lookup per wake while the on-demand programs wait, nothing after.
+          onWake: () => {
+            if (this.#onDemandFlag) this.#attachOnDemandIfWanted();
+          },
         },
       );
+      // The BPF code may have asked between load and now (its wake-up came before the reader).
+      if (this.#onDemandFlag) this.#attachOnDemandIfWanted();
       this.#reader.start();
     } catch (e) {
       if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
@@ -431,6 +444,49 @@ export class PluginHost implements AsyncDisposable {
     for (const key of gone) map.delete(key);
   }
 
+  /**
+   * Attaches the plugin's `attachOnDemand` specs if its BPF code asked for them (the u32 at
+   * key 0 of the flag map is non-zero). Tried once: a failure is logged and counted, whatever
+   * attached is detached, and the agent goes on without them. A retry on a later wake would
+   * most likely fail the same way (a program the kernel refuses) and log again every 200 ms.
+   */
+  #attachOnDemandIfWanted(): void {
+    const flag = this.#onDemandFlag;
+    const spec = this.plugin.attachOnDemand;
+    if (!flag || !spec || this.#closed) return;
+    const why = spec.description ?? "on-demand programs wanted";
+    const started = performance.now();
+    const links: BpfLink[] = [];
+    let names: string[] = [];
+    try {
+      const value = flag.lookup(new Uint8Array(4));
+      if (!value || (value[0] | value[1] | value[2] | value[3]) === 0) return;
+      this.#onDemandFlag = undefined;
+      const specs = typeof spec.specs === "function" ? spec.specs(this.#ctx) : spec.specs;
+      names = specs.map((s) => s.program);
+      for (const s of specs) links.push(this.#attach(s));
+    } catch (e) {
+      this.#onDemandFlag = undefined;
+      for (const link of links) {
+        try {
+          link.destroy();
+        } catch { /* the kernel keeps nothing of a link whose fd is closed */ }
+      }
+      this.#sinks.attachFailed(this.plugin.id, e instanceof BpfError ? e.code : "error");
+      this.#log.warn(
+        `${this.plugin.id}: ${why}: cannot attach ${names.join(", ") || "its programs"}, ` +
+          `going on without them: ${(e as Error).message}`,
+      );
+      return;
+    }
+    this.#globalLinks.push(...links);
+    this.#log.info(
+      `${this.plugin.id}: ${why}: attached ${names.join(", ")} in ${
+        (performance.now() - started).toFixed(1)
+      } ms`,
+    );
+  }
+
   /** Runs the plugin's sweep program every `intervalMs`. */
   #startSweep(name: string, intervalMs: number): void {
     const program = this.#object.program(name);
@@ -452,6 +508,7 @@ export class PluginHost implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
+    this.#onDemandFlag = undefined; // nothing attaches while the links below go
     for (const pid of [...this.#targetLinks.keys()]) this.remove(pid);
     for (const link of this.#globalLinks.splice(0)) this.#detachInBackground(link, "");
     // Every link is gone before the object (and its programs) is closed.

@@ -17,6 +17,11 @@ function valid(): AnyPlugin {
       { kind: "auto", program: "on_sock_recv" },
       { kind: "tracepoint", program: "on_exit", category: "sched", name: "sched_process_exit" },
     ],
+    attachOnDemand: {
+      map: "sockets_wanted",
+      specs: [{ kind: "auto", program: "on_sock_close" }],
+      description: "first call seen",
+    },
     appliesTo: () => true,
     attachForTarget: (t) => [
       { kind: "uprobe", program: "on_ssl_read", binaryPath: t.exe, symbol: "SSL_read", pid: t.pid },
@@ -128,6 +133,38 @@ Deno.test("validatePlugin() rejects a bad attach spec, naming where it is", () =
     "attachOnce.1.program",
   );
   assertRejected({ ...valid(), attachOnce: { kind: "auto", program: "p" } }, "attachOnce");
+});
+
+Deno.test("validatePlugin() accepts attachOnDemand with specs or a function of the context", () => {
+  const specs = [{ kind: "auto", program: "on_sock_recv" }];
+  for (
+    const attachOnDemand of [
+      { map: "wanted", specs },
+      { map: "wanted", specs: () => specs, description: "first call seen" },
+      { map: "wanted", specs: [] },
+    ]
+  ) {
+    validatePlugin({ ...valid(), attachOnDemand });
+  }
+});
+
+Deno.test("validatePlugin() rejects a malformed attachOnDemand, naming where", () => {
+  const spec = { kind: "auto", program: "p" };
+  const bad: [unknown, string][] = [
+    [{ specs: [spec] }, "attachOnDemand.map"],
+    [{ map: "", specs: [spec] }, "attachOnDemand.map"],
+    [{ map: "wanted" }, "attachOnDemand.specs"],
+    [{ map: "wanted", specs: spec }, "attachOnDemand.specs"],
+    [{ map: "wanted", specs: [spec, { kind: "auto" }] }, "attachOnDemand.specs.1.program"],
+    [{ map: "wanted", specs: [{ kind: "kprobe", program: "p" }] }, "attachOnDemand.specs.0.kind"],
+    [{ map: "wanted", specs: [spec], description: "" }, "attachOnDemand.description"],
+    [{ map: "wanted", specs: [spec], when: "later" }, "attachOnDemand"],
+    [[spec], "attachOnDemand"],
+    ["wanted", "attachOnDemand"],
+  ];
+  for (const [attachOnDemand, field] of bad) {
+    assertRejected({ ...valid(), attachOnDemand }, field);
+  }
 });
 
 Deno.test("validatePlugin() rejects other malformed fields, naming each", () => {

@@ -99,6 +99,51 @@ Deno.test({
 
 Deno.test({
   ...base,
+  name:
+    "the reader's loop calls onWake after each poll, once the records are drained; a throw goes to onError",
+  async fn() {
+    assertBpfAvailable();
+    const caller = spawnCaller();
+    using obj = BpfObject.open(OBJECT, "core_probe");
+    obj.setConstants({ target_tgid: caller.pid });
+    obj.load();
+    let records = 0;
+    const seenAtWake: number[] = [];
+    const errors: unknown[] = [];
+    const reader = new RingBufferReader(obj.map("events"), () => records++, {
+      pollTimeoutMs: 20,
+      onError: (e) => errors.push(e),
+      onWake: () => {
+        seenAtWake.push(records);
+        if (seenAtWake.length === 1) throw new Error("first wake throws");
+      },
+    });
+    try {
+      using _link = attachTracepoint(
+        obj.program("on_getpriority"),
+        "syscalls",
+        "sys_enter_getpriority",
+      );
+      reader.start();
+      await caller.go();
+      const deadline = Date.now() + 2_000;
+      while (seenAtWake.at(-1) !== CALLS && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      // Every record was drained by the loop before a wake saw them all; the throw did not
+      // stop it (the wakes went on, at least one per poll timeout).
+      assert.equal(seenAtWake.at(-1), CALLS, JSON.stringify(seenAtWake));
+      assert.ok(seenAtWake.length >= 2, `${seenAtWake.length} wakes`);
+      assert.equal(errors.length, 1);
+      assert.match((errors[0] as Error).message, /first wake throws/);
+    } finally {
+      await reader.close();
+    }
+  },
+});
+
+Deno.test({
+  ...base,
   name: "uprobes attach by symbol and by file offset, for one pid, and stop counting once detached",
   async fn() {
     assertBpfAvailable();

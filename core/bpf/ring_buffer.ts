@@ -108,6 +108,7 @@ export class RingBufferReader implements AsyncDisposable {
   readonly #data: DataView;
   readonly #onRecord: (record: Uint8Array) => void;
   readonly #onError: (error: unknown) => void;
+  readonly #onWake: (() => void) | undefined;
   readonly #pollTimeoutMs: number;
   readonly #wakeFd: number;
   readonly #pollFds = new Uint8Array(16); // two struct pollfd {int fd; short events, revents;}
@@ -117,7 +118,18 @@ export class RingBufferReader implements AsyncDisposable {
   constructor(
     map: BpfMap,
     onRecord: (record: Uint8Array) => void,
-    options: { pollTimeoutMs?: number; onError?: (error: unknown) => void } = {},
+    options: {
+      /** Longest wait for data before a drain anyway (default 200 ms). */
+      pollTimeoutMs?: number;
+      /** Errors of `onRecord` and `onWake`, and of the poll itself. */
+      onError?: (error: unknown) => void;
+      /**
+       * Called by the background loop each time its poll returns (data, or the timeout), after
+       * the drain: at least every `pollTimeoutMs`, and at once after a record submitted with
+       * BPF_RB_FORCE_WAKEUP (a discarded one too). Keep it cheap.
+       */
+      onWake?: () => void;
+    } = {},
   ) {
     if (map.type !== MapType.ringbuf) throw new Error(`Map "${map.name}" is not a ring buffer`);
     this.name = map.name;
@@ -125,6 +137,7 @@ export class RingBufferReader implements AsyncDisposable {
     this.size = map.maxEntries;
     this.#onRecord = onRecord;
     this.#onError = options.onError ?? (() => {});
+    this.#onWake = options.onWake;
     this.#pollTimeoutMs = options.pollTimeoutMs ?? 200;
     this.#pageSize = Number(libc().sysconf(SC_PAGESIZE));
     const c = libc();
@@ -198,6 +211,13 @@ export class RingBufferReader implements AsyncDisposable {
         continue;
       }
       this.drain();
+      if (this.#onWake) {
+        try {
+          this.#onWake();
+        } catch (e) {
+          this.#onError(e);
+        }
+      }
     }
   }
 

@@ -14,6 +14,17 @@
  *   libssl) pay nothing for them; a uprobe for every process traps in all of them, ~1 µs per
  *   SSL call even where the BPF code then ignores the call.
  *
+ * The socket programs (tls_sock_recv, tls_sock_send on tp_btf/sock_recv_length and
+ * sock_send_length; tls_sock_state on inet_sock_set_state) learn the socket under an SSL call:
+ * the peer labels and the close. They run on every socket read, write and TCP state change of
+ * the machine, and their dispatch alone costs ~60-70 ns each time (~200 ns per request of a
+ * plain-HTTP nginx, ~1.4% of its CPU, although nginx never makes an SSL call), so they are
+ * attached on demand (`attachOnDemand`): once tls_enter has seen the first SSL call of a
+ * measured process, and from then on until the plugin stops. SSL calls made before they are
+ * attached (a few ms after the first one) see no socket: their connection learns its socket
+ * (peer labels, close) at its next call after the attach, and a connection whose whole life
+ * falls in that gap ends at SSL_free (tls_free), as Node's memory-BIO connections always do.
+ *
  * @module
  */
 import { z } from "zod";
@@ -41,6 +52,9 @@ export const TLS_KERNEL_COUNTERS = [
   "tls_calls_lost",
   "tls_ssl_pointers_reused",
 ] as const;
+
+/** The programs that learn the socket under an SSL call and its close (attachOnDemand). */
+export const SOCKET_PROGRAMS = ["tls_sock_recv", "tls_sock_send", "tls_sock_state"] as const;
 
 /** Where Debian and most distributions keep the system's libssl. */
 const SYSTEM_LIBRARY_DIRS = ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64"];
@@ -172,11 +186,7 @@ export default definePlugin<HttpRequestEvent, TlsUprobeOptions>({
   sweep: { program: "tls_sweep", intervalMs: 1000 },
   attachOnce: ({ options }) => {
     globalFiles.clear();
-    const specs: AttachSpec[] = [
-      { kind: "auto", program: "tls_sock_recv" },
-      { kind: "auto", program: "tls_sock_send" },
-      { kind: "auto", program: "tls_sock_state" },
-    ];
+    const specs: AttachSpec[] = [];
     for (const path of globalLibraryPaths(options)) {
       const plan = plans.plan(path);
       if (!plan) continue;
@@ -184,6 +194,13 @@ export default definePlugin<HttpRequestEvent, TlsUprobeOptions>({
       specs.push(...planAttachments(path, plan, false));
     }
     return specs;
+  },
+  // The socket programs run on every socket read, write and close of the machine: attached
+  // once tls_enter has seen an SSL call (see the top of this file).
+  attachOnDemand: {
+    map: "sockets_wanted",
+    specs: SOCKET_PROGRAMS.map((program) => ({ kind: "auto", program })),
+    description: "first SSL call seen",
   },
   appliesTo: (target) =>
     targetFiles(target).length > 0 ||

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { validatePlugin } from "../../core/plugin.ts";
 import { HTTP_KERNEL_COUNTERS } from "../../lib/http1_records.ts";
+import { btfOfElf, findType } from "../../lib/btf.ts";
 import plugin, {
   planAttachments,
+  SOCKET_PROGRAMS,
   systemLibraries,
   TLS_KERNEL_COUNTERS,
   tlsUprobeOptions,
@@ -15,6 +17,29 @@ Deno.test("tls-uprobe is a valid plugin", () => {
   validatePlugin(plugin);
   assert.equal(plugin.id, "tls-uprobe");
   assert.deepEqual(plugin.sweep, { program: "tls_sweep", intervalMs: 1000 });
+});
+
+Deno.test("tls-uprobe attaches its socket programs on demand, once its BPF code asks", async () => {
+  const ctx = {
+    options: tlsUprobeOptions.parse({ clients: "targets" }),
+    buckets: BUCKETS,
+  };
+  const once = typeof plugin.attachOnce === "function"
+    ? plugin.attachOnce(ctx)
+    : plugin.attachOnce ?? [];
+  assert.deepEqual(once, [], "clients: targets: nothing attached at start");
+  const onDemand = plugin.attachOnDemand!;
+  assert.equal(onDemand.map, "sockets_wanted");
+  const specs = typeof onDemand.specs === "function" ? onDemand.specs(ctx) : onDemand.specs;
+  assert.deepEqual(specs, [
+    { kind: "auto", program: "tls_sock_recv" },
+    { kind: "auto", program: "tls_sock_send" },
+    { kind: "auto", program: "tls_sock_state" },
+  ]);
+  // The committed object has the flag map and the programs.
+  const btf = btfOfElf(await Deno.readFile(new URL("./tls_uprobe.bpf.o", import.meta.url)));
+  assert.ok(findType(btf, "var", "sockets_wanted"), "map sockets_wanted");
+  for (const name of SOCKET_PROGRAMS) assert.ok(findType(btf, "func", name), name);
 });
 
 Deno.test("tls-uprobe options: the engine's, plus libraries; unknown keys rejected", () => {

@@ -12,6 +12,16 @@
  *   tp_btf/sock_recv_length, sock_send_length   the socket under the SSL call
  *   tp_btf/inet_sock_set_state                  that socket closing
  *
+ * The three socket programs are attached on demand: only once tls_enter has seen an SSL call of
+ * a measured process (sockets_wanted), and from then on until the agent stops. They run on every
+ * socket read, write and TCP state change of the machine, and their dispatch alone costs ~60-70
+ * ns each time (~200 ns per request of a plain-HTTP nginx, ~1.4% of its CPU, although nginx
+ * never makes an SSL call); a machine without OpenSSL traffic does not pay that. The price is a
+ * gap: SSL calls made before the programs are attached (a few ms after the first one) see no
+ * socket. Their connection learns its socket (peer labels, close) at its next call after the
+ * attach, and a connection whose whole life falls in the gap ends at SSL_free (tls_free), as
+ * Node's memory-BIO connections always do.
+ *
  * Where the probes sit (the agent finds the sites with an x86 decoder, lib/x86_sites.ts): a
  * uprobe costs ~1 µs on an instruction the kernel emulates (jcc, call, push) and ~15-20 µs on
  * one it must single-step. tls_enter sits on the first emulated instruction before the
@@ -84,6 +94,42 @@ struct {
  */
 __u64 calls_in_flight = 0;
 
+/*
+ * Whether the socket programs (tls_sock_recv, tls_sock_send, tls_sock_state) are wanted: 0 until
+ * the first SSL call of a measured process, then 1 for good. The agent attaches them when it
+ * sees 1 (the plugin's attachOnDemand): attached from the start, their dispatch alone costs
+ * every socket read and write of every process ~60-70 ns, ~200 ns per request of a plain-HTTP
+ * nginx that never makes an SSL call.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sockets_wanted SEC(".maps");
+
+/*
+ * The first SSL call: asks for the socket programs, once (the compare-and-swap picks one caller
+ * among CPUs racing here), and wakes the agent's ring reader at once so it attaches them within
+ * milliseconds rather than at its next poll timeout (200 ms). The wake-up is an 8-byte record
+ * discarded with BPF_RB_FORCE_WAKEUP: the reader is woken and steps over it, and no decoder or
+ * counter ever sees it (a record submitted for real would reach toObservation, and an ignored
+ * record counts in redprobe_events_dropped_total{reason="ignored"}: a drop that is not one). A
+ * full ring only delays the attach to that next poll.
+ */
+static __always_inline void want_sockets(void)
+{
+	__u32 zero = 0;
+	__u32 *wanted = bpf_map_lookup_elem(&sockets_wanted, &zero);
+	if (!wanted || *(volatile __u32 *)wanted)
+		return;
+	if (__sync_val_compare_and_swap(wanted, 0, 1) != 0)
+		return;
+	void *wake = bpf_ringbuf_reserve(&events, 8, 0);
+	if (wake)
+		bpf_ringbuf_discard(wake, BPF_RB_FORCE_WAKEUP);
+}
+
 /* The connection on each socket the SSL calls were seen on, for its close. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -98,6 +144,7 @@ int tls_enter(struct pt_regs *ctx)
 	bool client_only;
 	if (!http_measured(&client_only))
 		return 0;
+	want_sockets();
 	__u64 fn = bpf_get_attach_cookie(ctx);
 	struct tls_call call = {
 		.ssl = PT_REGS_PARM1(ctx),

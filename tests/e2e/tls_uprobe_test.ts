@@ -23,6 +23,9 @@ import {
 import { countsReached, pollUntil, settledSamples } from "../support/wait.ts";
 import { assertWrkCounted, runClient, runWrk } from "../support/clients.ts";
 
+/** tls-uprobe's programs that run on every socket of the machine, attached on demand. */
+const SOCKET_PROGRAMS = ["tls_sock_recv", "tls_sock_send", "tls_sock_state"];
+
 type Counts = Record<string, number>;
 
 const instance = (pid: number) => ({ target_instance: `${Deno.hostname()}:${pid}` });
@@ -79,6 +82,52 @@ async function instrumented(agent: AgentHandle, server: ServerHandle): Promise<v
   for (const pid of await server.pids()) await agent.waitForPid(pid);
 }
 
+/**
+ * The names of the programs that process `pid` holds attached: its BPF link fds (their
+ * /proc/pid/fdinfo has a link_id and the program's prog_id), named by `bpftool prog list`.
+ * A program that is only loaded (a program fd) is not among them.
+ */
+async function linkedPrograms(pid: number): Promise<string[]> {
+  const ids: number[] = [];
+  for (const fd of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
+    try {
+      const info = Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd.name}`);
+      const prog = /^prog_id:\s*(\d+)$/m.exec(info);
+      if (prog && /^link_id:/m.test(info)) ids.push(Number(prog[1]));
+    } catch { /* closed meanwhile */ }
+  }
+  const out = await new Deno.Command("bpftool", {
+    args: ["prog", "list", "--json"],
+    stdout: "piped",
+  })
+    .output();
+  assert.ok(out.success, "bpftool prog list");
+  const names = new Map(
+    (JSON.parse(new TextDecoder().decode(out.stdout)) as { id: number; name?: string }[])
+      .map((p) => [p.id, p.name ?? ""]),
+  );
+  return ids.map((id) => names.get(id) ?? "").sort();
+}
+
+/** Whether the agent holds tls-uprobe's socket programs attached (all three, or none). */
+async function socketProgramsAttached(agent: AgentHandle): Promise<boolean> {
+  const linked = (await linkedPrograms(agent.pid)).filter((n) => SOCKET_PROGRAMS.includes(n));
+  assert.ok(linked.length === 0 || linked.length === SOCKET_PROGRAMS.length, linked.join(", "));
+  return linked.length > 0;
+}
+
+/**
+ * Waits until the agent has attached tls-uprobe's socket programs (they come with the first SSL
+ * call it sees: attachOnDemand). SSL calls made before that have no socket: a test that checks
+ * what the socket gives (peer labels, a close) makes one measured SSL call first and waits here.
+ */
+async function waitForSocketPrograms(agent: AgentHandle): Promise<void> {
+  assert.ok(
+    await pollUntil(() => socketProgramsAttached(agent), { timeoutMs: 5_000, intervalMs: 10 }),
+    `tls-uprobe's socket programs were not attached. Logs:\n${agent.logs()}`,
+  );
+}
+
 Deno.test({
   name: "tls-uprobe counts HTTPS served by nginx, Node and Python exactly once",
   ignore: skipBpf(),
@@ -120,6 +169,87 @@ Deno.test({
       const samples = await agent.samples();
       assert.equal(kernelEvent(samples, "kprobe-http", "connections_opened"), 0);
       assert.equal(kernelEvent(samples, "kprobe-http", "connections_not_http"), 0);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "tls-uprobe attaches its socket programs at the first SSL call, not before: plain HTTP pays nothing",
+  ignore: skipBpf(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    assertBpfAvailable();
+    const tls = testCertificate();
+    await using plain = await startNginx({ workers: 1, keepalive: true, sendfile: true });
+    await using https = await startNginx({ workers: 1, keepalive: true, sendfile: true, tls });
+    // Only these two servers, and no client of any other process: an SSL call elsewhere on this
+    // machine (curl, a benchmark) would attach the programs too, and this test must know when.
+    await using agent = await startAgent({
+      config: {
+        discovery: { select: [{ ports: [plain.port, https.port] }] },
+        plugins: { "tls-uprobe": { clients: "targets" } },
+      },
+    });
+    await instrumented(agent, plain);
+    await instrumented(agent, https);
+
+    await t.step(
+      "plain HTTP only (nginx maps libssl, makes no SSL call): not attached",
+      async () => {
+        const sent = await sendRequests({
+          port: plain.port,
+          spec: { method: "GET", path: "/hello" },
+          count: 20,
+          keepAlive: true,
+        });
+        assert.deepEqual([...sent.statuses], [[200, 20]]);
+        const want = { "GET 200 /hello": 20 };
+        assert.deepEqual(
+          serverCounts(await servedAtLeast(agent, plain.pid, want), plain.pid),
+          want,
+        );
+        assert.equal(await socketProgramsAttached(agent), false);
+        assert.doesNotMatch(agent.logs(), /first SSL call seen/);
+      },
+    );
+
+    await t.step(
+      "the first HTTPS requests: counted exactly, and the programs attached",
+      async () => {
+        const started = Date.now();
+        const expected = await sendMix(https, true);
+        await waitForSocketPrograms(agent);
+        const samples = await servedAtLeast(agent, https.pid, expected);
+        assert.deepEqual(serverCounts(samples, https.pid), expected);
+        const line = /^(\S+) .*tls-uprobe: first SSL call seen: attached (.*) in [\d.]+ ms$/m.exec(
+          agent.logs(),
+        );
+        assert.ok(line, agent.logs());
+        assert.equal(line[2], SOCKET_PROGRAMS.join(", "));
+        // From before the first connection's handshake (Deno's, ~90 ms cold: nginx's first
+        // SSL_read follows it) to the end of the attach, by the agent's clock: the BPF code wakes
+        // the agent at once (measured: within 1-3 ms of the handshake's end), not at its next
+        // 200 ms poll.
+        const ms = Date.parse(line[1]) - started;
+        assert.ok(ms < 1_000, `${ms} ms`);
+      },
+    );
+
+    await t.step("once attached they stay; later connections are counted exactly", async () => {
+      const again = await sendMix(https, false);
+      const twice = Object.fromEntries(Object.entries(again).map(([key, n]) => [key, 2 * n]));
+      const counts = serverCounts(await servedAtLeast(agent, https.pid, twice), https.pid);
+      assert.deepEqual(counts, twice);
+      assert.equal(await socketProgramsAttached(agent), true);
+      assert.equal((agent.logs().match(/first SSL call seen/g) ?? []).length, 1);
+    });
+
+    await t.step("the agent stops cleanly, on-demand links released with the others", async () => {
+      const { code, logs } = await agent.stop();
+      assert.equal(code, 0, logs);
+      assert.match(logs, /every probe is detached/);
     });
   },
 });
@@ -353,6 +483,18 @@ Deno.test({
     await using b = await startPython({ tls: true });
     await agent.waitForPid(a.pid);
     await agent.waitForPid(b.pid);
+    // The peer comes from the socket programs, attached at the first SSL call the agent sees:
+    // curl's first requests would fall in the gap before them and carry no peer. One request
+    // first (server side, from 127.0.0.1, path /warmup), and the programs waited for.
+    const warmup = await sendRequests({
+      port: a.port,
+      spec: { method: "GET", path: "/warmup" },
+      count: 1,
+      keepAlive: false,
+      caCert: Deno.readTextFileSync(tls.ca),
+    });
+    assert.equal([...warmup.statuses.values()].reduce((x, y) => x + y, 0), 1);
+    await waitForSocketPrograms(agent);
     const curl = await runClient("curl", [
       "-s",
       // From another loopback address: client_address must be the client's, not the server's.
@@ -380,12 +522,18 @@ Deno.test({
         countsReached(serverCounts(s, b.pid), { "GET 200 /hello": 1 }),
     );
     for (const [server, n] of [[a, 3], [b, 1]] as const) {
-      const served = findSamples(all, "http_server_duration_seconds_count", instance(server.pid));
+      const served = findSamples(all, "http_server_duration_seconds_count", instance(server.pid))
+        .filter((s) => s.labels.url_path !== "/warmup");
       assert.deepEqual(
         served.map((s) => [s.labels.client_address, s.labels.url_path, s.value]),
         [["127.0.0.2", "/hello", n]],
       );
     }
+    // The warm-up request was measured too, before the socket programs were attached, and
+    // learnt its peer from the socket of a later call (its response's SSL_write) or not at all.
+    const warm = findSamples(all, "http_server_duration_seconds_count", instance(a.pid))
+      .filter((s) => s.labels.url_path === "/warmup");
+    assert.equal(warm.reduce((n, s) => n + s.value, 0), 1, JSON.stringify(warm));
   },
 });
 
