@@ -72,21 +72,16 @@ async function loadRun(rate?: number): Promise<LoadResult> {
   return JSON.parse(out.trim().split("\n").pop()!) as LoadResult;
 }
 
-async function startAgent(): Promise<Agent> {
-  const config = await Deno.makeTempFile({ prefix: "redprobe-bench-", suffix: ".json" });
-  await Deno.writeTextFile(
-    config,
-    JSON.stringify({
+function startAgent(): Promise<Agent> {
+  return startAgentUntil({
+    until: new RegExp(`instrumenting pid ${serverPid} .*go-grpc`),
+    config: {
       plugins: {
         "kprobe-http": { clients: "targets" },
         "tls-uprobe": { clients: "targets" },
         "go-grpc": { skip_executables: [load] },
       },
-    }),
-  );
-  return startAgentUntil({
-    until: new RegExp(`instrumenting pid ${serverPid} .*go-grpc`),
-    configPath: config,
+    },
   });
 }
 

@@ -103,7 +103,7 @@ export async function bundle(options: BundleOptions = {}): Promise<BundleReport>
     `createRequire(${JSON.stringify(`file://${VIRTUAL_ROOT}/x86_decoder_worker.js`)})`,
   );
   const main = await bundleModule(entry, outDir, log);
-  const final = `#!/usr/bin/env -S deno run -A ${AGENT_V8_FLAGS}\n` +
+  const final = `#!/usr/bin/env -S MALLOC_ARENA_MAX=1 deno run -A ${AGENT_V8_FLAGS}\n` +
     `// redprobe, bundled from ${relative(ROOT, entry)} by scripts/bundle.ts. ` +
     `Run: deno run -A redprobe.js [command] [flags]\n` +
     `globalThis.${BUNDLED_WORKER_SOURCE} = ${JSON.stringify(worker.text)};\n` + main.text;

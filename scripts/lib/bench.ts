@@ -10,7 +10,7 @@ import { parseArgs } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parsePrometheusText, type Sample } from "../../tests/support/prom_text.ts";
-import { AGENT_V8_FLAGS } from "./agent_flags.ts";
+import { AGENT_ENV, AGENT_V8_FLAGS } from "./agent_flags.ts";
 
 /** The repository's root directory. */
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -24,6 +24,13 @@ export interface BenchArgs {
   connections: number;
   /** `--tls`: the server speaks HTTPS (benchmarks that support it). */
   tls: boolean;
+  /**
+   * `--max-steal P`: a round counts in the summary only if the hypervisor took less than P% of
+   * the machine's CPU time during each of its measured runs (see {@linkcode stealDuring});
+   * benchmarks that support it run more rounds, up to three times `rounds`, to get `rounds`
+   * clean ones.
+   */
+  maxStealPct: number;
 }
 
 /** `--rounds N --seconds S --out FILE --connections C [--tls]` from `Deno.args`, with `defaults`. */
@@ -38,6 +45,7 @@ export function parseBenchArgs(
       out: { type: "string", ...(defaults.out !== undefined ? { default: defaults.out } : {}) },
       connections: { type: "string", default: String(defaults.connections ?? 10) },
       tls: { type: "boolean", default: false },
+      "max-steal": { type: "string", default: "2" },
     },
   });
   const positive = (name: string, text: string) => {
@@ -51,7 +59,36 @@ export function parseBenchArgs(
     out: values.out || undefined,
     connections: positive("connections", values.connections),
     tls: values.tls,
+    maxStealPct: (() => {
+      const n = Number(values["max-steal"]);
+      if (!(n > 0 && n <= 100)) throw new Error("--max-steal must be a percentage in (0, 100]");
+      return n;
+    })(),
   };
+}
+
+/** The machine's steal time so far (/proc/stat, all CPUs), in clock ticks (USER_HZ, 100/s). */
+function stealTicks(): number {
+  const cpu = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/);
+  return Number(cpu[8] ?? 0); // cpu user nice system idle iowait irq softirq steal
+}
+
+/**
+ * Runs `fn` and says what share of the machine's CPU time (every CPU, wall time of the call) the
+ * hypervisor gave to other guests meanwhile: the "steal" of /proc/stat. On these shared VMs a
+ * burst of steal slows one run of a pair and not the other, by far more than the agent costs
+ * (rounds of the same benchmark swung from -33% to +137% on a morning with ~16% steal), so the
+ * benchmarks report it per run and leave rounds with too much of it out of their summaries.
+ */
+export async function stealDuring<T>(
+  fn: () => Promise<T>,
+): Promise<{ value: T; stealPct: number }> {
+  const ticks = stealTicks();
+  const started = performance.now();
+  const value = await fn();
+  const seconds = (performance.now() - started) / 1000;
+  const cpus = navigator.hardwareConcurrency || 1;
+  return { value, stealPct: ((stealTicks() - ticks) / 100) / (seconds * cpus) * 100 };
 }
 
 /** The command line this benchmark was started with, as one would type it from ROOT. */
@@ -95,6 +132,8 @@ export interface StartAgentOptions {
   root?: string;
   /** `--config FILE`. */
   configPath?: string;
+  /** Or the configuration itself: written to a temporary file, removed when the agent stops. */
+  config?: unknown;
   /** Then waits this long more (the other processes of the target attached). Default 1000. */
   settleMs?: number;
   /** `taskset -c` of the agent (default: unpinned). */
@@ -108,6 +147,16 @@ export interface StartAgentOptions {
  * port of 127.0.0.1; resolves once its log matches `until`.
  */
 export async function startAgent(options: StartAgentOptions): Promise<Agent> {
+  let configPath = options.configPath;
+  let tempConfig: string | undefined;
+  if (options.config !== undefined) {
+    configPath = tempConfig = await Deno.makeTempFile({
+      prefix: "redprobe-bench-",
+      suffix: ".json",
+    });
+    await Deno.writeTextFile(tempConfig, JSON.stringify(options.config));
+  }
+  const removeTempConfig = () => tempConfig && Deno.remove(tempConfig).catch(() => {});
   const metricsPort = freePort();
   const spawned = performance.now();
   const child = new Deno.Command(options.cpu ? "taskset" : Deno.execPath(), {
@@ -122,9 +171,10 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
       "127.0.0.1",
       "--metrics-port",
       String(metricsPort),
-      ...(options.configPath ? ["--config", options.configPath] : []),
+      ...(configPath ? ["--config", configPath] : []),
       ...(options.extraArgs ?? []),
     ],
+    env: AGENT_ENV,
     stdout: "null",
     stderr: "piped",
   }).spawn();
@@ -132,7 +182,10 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
   let log = "";
   while (!options.until.test(log)) {
     const { value, done } = await reader.read();
-    if (done) throw new Error(`agent exited:\n${log}`);
+    if (done) {
+      await removeTempConfig();
+      throw new Error(`agent exited:\n${log}`);
+    }
     log += value;
   }
   const startedMs = performance.now() - spawned;
@@ -153,6 +206,7 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
     stop: async () => {
       child.kill("SIGTERM");
       await child.status;
+      await removeTempConfig();
     },
   };
 }

@@ -7,7 +7,7 @@
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { freePort } from "./ports.ts";
 import { parsePrometheusText, type Sample } from "./prom_text.ts";
-import { AGENT_V8_FLAGS } from "../../scripts/lib/agent_flags.ts";
+import { AGENT_ENV, AGENT_V8_FLAGS } from "../../scripts/lib/agent_flags.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 
@@ -63,7 +63,7 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
       "debug",
       ...(options.args ?? []),
     ],
-    env: options.env,
+    env: { ...AGENT_ENV, ...options.env },
     cwd: options.cwd,
     stdin: "null",
     stdout: "piped",
