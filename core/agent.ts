@@ -18,7 +18,7 @@ import {
 import type { OtlpExport } from "./exporter/otlp.ts";
 import type { Logger } from "./log.ts";
 import type { RedAggregate, RedObservation, TargetProcess } from "./plugin.ts";
-import { PluginHost } from "./plugin_host.ts";
+import { loadFailureHint, PluginHost } from "./plugin_host.ts";
 import type { PluginModuleFailure } from "./plugin_modules.ts";
 import { exePath, parseEnviron, serviceIdentity } from "../lib/proc.ts";
 import { RouteMapper } from "../lib/route.ts";
@@ -243,13 +243,17 @@ export class Agent implements AsyncDisposable {
           ringFill: () => host.stats.ringFill(),
           programs: () => host.stats.programs(),
         });
-        log.info(`plugin ${plugin.id} loaded`);
+        // A plugin with loadOnFirstTarget is ready, not loaded: it loads with its first target
+        // (or its load fails there, counted and logged once, and it takes no more targets).
+        log.info(
+          host.isLoaded
+            ? `plugin ${plugin.id} loaded`
+            : `plugin ${plugin.id} ready: its BPF object loads at its first target`,
+        );
       } catch (e) {
         const reason = e instanceof BpfError ? e.code : "error";
         this.exporter.attachFailed(plugin.id, reason);
-        const hint = e instanceof BpfError && (e.errno === 1 || e.errno === 13)
-          ? " (the agent needs root, or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: see `redprobe doctor`)"
-          : "";
+        const hint = loadFailureHint(e);
         failures.push(`${plugin.id}: ${(e as Error).message}${hint}`);
         log.error(`plugin ${plugin.id} cannot start: ${(e as Error).message}${hint}`);
       }
@@ -289,7 +293,11 @@ export class Agent implements AsyncDisposable {
       ].map((s) => new Selector(s)),
     }, options.procFs);
     trimNativeHeap();
-    log.info(`plugins running: ${this.#hosts.map((h) => h.plugin.id).join(", ")}`);
+    // Every host runs: one waiting for its first target is as ready as a loaded one.
+    const running = this.#hosts.map((h) =>
+      h.isLoaded ? h.plugin.id : `${h.plugin.id} (loads at its first target)`
+    );
+    log.info(`plugins running: ${running.join(", ")}`);
     this.#poll();
     this.#timer = setInterval(() => this.#poll(), config.discovery.poll_interval);
     options.onListen?.(this.#addr);

@@ -8,7 +8,7 @@
  */
 import type { AgentConfig } from "./config.ts";
 import { libbpf } from "./ffi/libbpf.ts";
-import { loadPluginObject } from "./plugin_host.ts";
+import { loadPluginObject, loadsOnFirstTarget } from "./plugin_host.ts";
 
 export interface DoctorCheck {
   name: string;
@@ -86,16 +86,18 @@ export function runDoctor(config: AgentConfig): DoctorCheck[] {
   for (const [id, { plugin, options }] of config.plugins) {
     try {
       let took = 0;
-      const object = loadPluginObject(
-        plugin,
-        { options, buckets, optionalLabels: config.metrics.optional_labels },
-        (ms) => took = ms,
-      );
+      const ctx = { options, buckets, optionalLabels: config.metrics.optional_labels };
+      // Loaded here whether or not the agent loads it at start: a plugin that waits for its
+      // first target (loadOnFirstTarget) would otherwise only fail then, hours later.
+      const object = loadPluginObject(plugin, ctx, (ms) => took = ms);
       object.close();
+      const when = loadsOnFirstTarget(plugin, ctx)
+        ? "; the agent loads them at its first target"
+        : "";
       checks.push({
         name: `plugin ${id}`,
         state: "ok",
-        detail: `its BPF programs pass the verifier (${took} ms)`,
+        detail: `its BPF programs pass the verifier (${took} ms${when})`,
       });
     } catch (e) {
       checks.push({ name: `plugin ${id}`, state: "failed", detail: (e as Error).message });

@@ -259,10 +259,33 @@ export interface PluginDefinition<E = unknown, O = Record<string, unknown>> {
   /** Map sizes to set before load (`{ conns: 65536 }`). */
   maxEntries?: (ctx: PluginContext<O>) => Record<string, number>;
   /**
-   * Attached once when the plugin starts; such programs must filter by the `targets` map (or,
-   * for uprobes on a binary for every process, by what the plugin configured).
+   * Attached once when the plugin starts (at its first target with `loadOnFirstTarget`); such
+   * programs must filter by the `targets` map (or, for uprobes on a binary for every process,
+   * by what the plugin configured).
    */
   attachOnce?: AttachSpec[] | ((ctx: PluginContext<O>) => AttachSpec[]);
+  /**
+   * Load the BPF object when the plugin first has something to instrument, not when the agent
+   * starts: for plugins that only instrument some processes (go-http, go-grpc: Go programs),
+   * which many hosts never run. Until then the plugin costs the agent nothing but its
+   * declaration: no verifier run at start, no ring buffer mapped (a 2 MiB ring is 2 MiB of the
+   * agent's RSS: the kernel populates the mapping) or polled, no libbpf state. The object is
+   * opened, loaded and its `attachOnce` attached when `appliesTo` first accepts a target (just
+   * before that target's `attachForTarget`); the plugin's `redprobe_kernel_events_total`
+   * series are exported from the start, at 0. A function decides from the context (go-http
+   * loads at start when `executables` asks for probes on files for every process: those serve
+   * processes discovery may never see, so there is no first target to wait for).
+   *
+   * A load that fails then (the verifier refuses the object on this kernel, missing
+   * privileges, no memory for its maps) counts as an attach failure of that target
+   * (`redprobe_attach_failures_total{plugin,reason}`) and is logged; the plugin then stays
+   * unloaded and leaves every later process to the other plugins, as if it had failed at the
+   * agent's start. It is not retried at the next target: such a failure is the kernel's or
+   * the machine's, and the next attempt would fail the same way after another verifier run
+   * (tens to hundreds of ms of the agent's CPU) and another warning, at every new process.
+   * `redprobe doctor` says why; a restart of the agent tries again.
+   */
+  loadOnFirstTarget?: boolean | ((ctx: PluginContext<O>) => boolean);
   /**
    * Attachments made later, once the plugin's BPF code asks for them: for programs that cost
    * every process something (a socket tracepoint runs on every read and write of the machine)
@@ -402,6 +425,7 @@ const pluginSchema = z.object({
   maxEntries: z.function().optional(),
   uprobeMultiPrograms: z.array(z.string().min(1)).optional(),
   attachOnce: attachSpecsSchema.optional(),
+  loadOnFirstTarget: z.union([z.boolean(), z.function()]).optional(),
   attachOnDemand: z.strictObject({
     map: z.string().min(1),
     specs: attachSpecsSchema,

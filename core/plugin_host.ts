@@ -2,6 +2,9 @@
  * Runs one plugin: loads its BPF object, attaches what it declares, keeps the `targets` bitmap
  * in step with the processes it instruments, reads its ring buffer and hands decoded
  * observations on. It owns every kernel resource of that plugin and frees them in `close()`.
+ * A plugin with `loadOnFirstTarget` is loaded by its first `add()` instead of at construction:
+ * until then the host answers for it (the plugin's own decisions, zero counters) and
+ * remembers what must be written into the object once it exists (exclusions).
  *
  * A failure while attaching to one process is counted and logged; it never stops the plugin or
  * the other processes.
@@ -114,9 +117,30 @@ export function loadPluginObject(
   }
 }
 
+/** Whether `plugin` waits for its first target to load (`loadOnFirstTarget`) under `ctx`. */
+export function loadsOnFirstTarget(plugin: AnyPlugin, ctx: PluginContext<unknown>): boolean {
+  const lazy = plugin.loadOnFirstTarget;
+  return typeof lazy === "function" ? lazy(ctx) === true : lazy === true;
+}
+
+/**
+ * What to add to the message of a plugin that could not load: how to grant the privileges when
+ * the kernel said EPERM or EACCES, else nothing.
+ */
+export function loadFailureHint(e: unknown): string {
+  return e instanceof BpfError && (e.errno === 1 || e.errno === 13)
+    ? " (the agent needs root, or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: see `redprobe doctor`)"
+    : "";
+}
+
 export class PluginHost implements AsyncDisposable {
   readonly plugin: AnyPlugin;
-  readonly #object: BpfObject;
+  /**
+   * The loaded object; undefined before the load of a `loadOnFirstTarget` plugin, for good
+   * after that load failed (see #loadFailed), and once closed. So are #targets, #stats and
+   * #reader: each is set by #load() and read only when #object is.
+   */
+  #object: BpfObject | undefined;
   readonly #log: Logger;
   readonly #sinks: PluginHostSinks;
   readonly #globalLinks: BpfLink[] = [];
@@ -127,11 +151,21 @@ export class PluginHost implements AsyncDisposable {
   readonly #targetShares = new Map<number, string[]>();
   /** Detaches under way (see #detachInBackground). */
   readonly #detaching = new Set<Promise<void>>();
-  readonly #targets: BpfMap;
-  /** Pids whose client side another plugin measures (the `excluded` bitmap). */
+  #targets: BpfMap | undefined;
+  /**
+   * Pids whose client side another plugin measures (the `excluded` bitmap). Before the load,
+   * every pid asked for (whether the object has the map is not known yet), written at load.
+   */
   readonly #excluded = new Set<number>();
-  readonly #stats: BpfMap;
-  readonly #reader: RingBufferReader;
+  /** `excluded_exes` keys asked for before the load, written at load. */
+  readonly #excludedExesPending: Uint8Array<ArrayBuffer>[] = [];
+  #stats: BpfMap | undefined;
+  #reader: RingBufferReader | undefined;
+  /**
+   * The load at the first target failed: the plugin stays unloaded and takes no more targets
+   * (see PluginDefinition.loadOnFirstTarget for why it is not retried).
+   */
+  #loadFailed = false;
   /** Cumulative counters of each aggregate key at the last read (by key hex). */
   readonly #aggregatesSeen = new Map<string, Float64Array>();
   readonly #ctx: PluginContext<unknown>;
@@ -144,8 +178,9 @@ export class PluginHost implements AsyncDisposable {
   #onDemandFlag: BpfMap | undefined;
 
   /**
-   * Opens, configures, loads and attaches `plugin`. Throws (with every partial resource
-   * released) when the plugin cannot run at all on this machine.
+   * Opens, configures, loads and attaches `plugin`, unless it loads at its first target
+   * (`loadOnFirstTarget`: then nothing of the kernel's is touched here). Throws (with every
+   * partial resource released) when the plugin cannot run at all on this machine.
    */
   constructor(
     plugin: AnyPlugin,
@@ -162,43 +197,109 @@ export class PluginHost implements AsyncDisposable {
     this.#sinks = sinks;
     const ctx = { options, buckets, optionalLabels, perRequestEvents };
     this.#ctx = ctx;
-    // open -> set constants and sizes -> load (verifier) -> attach -> read
-    this.#object = loadPluginObject(
-      plugin,
-      ctx,
-      (ms) => log.debug(`${plugin.id}: BPF object loaded in ${ms} ms`),
-    );
+    // A function that throws fails the start, like constants() or attachOnce() would.
+    if (loadsOnFirstTarget(plugin, ctx)) return;
+    this.#load((ms) => log.debug(`${plugin.id}: BPF object loaded in ${ms} ms`));
+  }
+
+  /**
+   * Starts the plugin in the kernel: open -> set constants and sizes -> load (verifier) ->
+   * write the exclusions asked for so far -> attach `attachOnce` -> sweep -> read the ring.
+   * The one place that does it, at construction or at the first target. Throws with every
+   * partial resource released and the host as it was (not loaded).
+   */
+  #load(loaded: (ms: number) => void): void {
+    const plugin = this.plugin;
+    const object = loadPluginObject(plugin, this.#ctx, loaded);
+    this.#object = object;
     try {
-      this.#targets = this.#object.map("targets");
-      this.#stats = this.#object.map("stats");
+      this.#targets = object.map("targets");
+      this.#stats = object.map("stats");
+      // Before any program is attached, so none sees a process it must leave as not excluded.
+      this.#writeExclusions();
       const once = typeof plugin.attachOnce === "function"
-        ? plugin.attachOnce(ctx)
+        ? plugin.attachOnce(this.#ctx)
         : plugin.attachOnce ?? [];
       for (const spec of once) this.#globalLinks.push(this.#attach(spec));
       // A missing flag map is the plugin's mistake: the start fails, as for attachOnce.
-      if (plugin.attachOnDemand) this.#onDemandFlag = this.#object.map(plugin.attachOnDemand.map);
+      if (plugin.attachOnDemand) this.#onDemandFlag = object.map(plugin.attachOnDemand.map);
       // Before the reader: a sweep program that cannot run fails the start with nothing running.
       if (plugin.sweep) this.#startSweep(plugin.sweep.program, plugin.sweep.intervalMs ?? 1000);
+      // Last of what may throw: a reader is never left mapped by a failed start.
       this.#reader = new RingBufferReader(
-        this.#object.map("events"),
+        object.map("events"),
         (record) => this.#onRecord(record),
         {
-          onError: (e) => log.warn(`${plugin.id}: ring buffer: ${(e as Error).message}`),
+          onError: (e) => this.#log.warn(`${plugin.id}: ring buffer: ${(e as Error).message}`),
           // One array lookup per wake while the on-demand programs wait, nothing after.
           onWake: () => {
             if (this.#onDemandFlag) this.#attachOnDemandIfWanted();
           },
         },
       );
-      // The BPF code may have asked between load and now (its wake-up came before the reader).
-      if (this.#onDemandFlag) this.#attachOnDemandIfWanted();
-      this.#reader.start();
     } catch (e) {
       if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
-      for (const link of this.#globalLinks) link.destroy();
-      this.#object.close();
+      this.#sweepTimer = undefined;
+      this.#onDemandFlag = undefined;
+      for (const link of this.#globalLinks.splice(0)) link.destroy();
+      this.#object = this.#targets = this.#stats = undefined;
+      object.close();
       throw e;
     }
+    // The BPF code may have asked between load and now (its wake-up came before the reader).
+    if (this.#onDemandFlag) this.#attachOnDemandIfWanted();
+    this.#reader.start();
+  }
+
+  /**
+   * Loads a `loadOnFirstTarget` plugin for `target`, its first. False when that failed: counted
+   * as an attach failure of the target and logged, and the plugin stays unloaded for good.
+   */
+  #loadAtFirstTarget(target: TargetProcess): boolean {
+    if (this.#loadFailed) return false;
+    let took = 0;
+    try {
+      this.#load((ms) => took = ms);
+    } catch (e) {
+      this.#loadFailed = true;
+      this.#excluded.clear();
+      this.#excludedExesPending.length = 0;
+      this.#sinks.attachFailed(this.plugin.id, e instanceof BpfError ? e.code : "error");
+      const id = this.plugin.id;
+      this.#log.error(
+        `${id}: cannot load its BPF object at its first target (pid ${target.pid}, ${target.exe}): ` +
+          `${(e as Error).message}${loadFailureHint(e) || " (see `redprobe doctor`)"}; ` +
+          `${id} stays off until the agent restarts, and leaves its processes to the other plugins`,
+      );
+      return false;
+    }
+    this.#log.info(
+      `${this.plugin.id}: BPF object loaded at its first target (pid ${target.pid}) in ${took} ms`,
+    );
+    return true;
+  }
+
+  /** Whether the BPF object is loaded (false before the first target of a lazy plugin). */
+  get isLoaded(): boolean {
+    return this.#object !== undefined;
+  }
+
+  /** The loaded object, for code that runs only once it is (anything else is a bug here). */
+  get #loaded(): BpfObject {
+    if (!this.#object) throw new Error(`${this.plugin.id}: its BPF object is not loaded`);
+    return this.#object;
+  }
+
+  /** Writes the exclusions asked for before the load into the new object. */
+  #writeExclusions(): void {
+    const object = this.#loaded;
+    if (!object.hasMap("excluded")) this.#excluded.clear();
+    for (const pid of this.#excluded) this.#setBit("excluded", pid, true);
+    if (object.hasMap("excluded_exes")) {
+      const exes = object.map("excluded_exes");
+      for (const key of this.#excludedExesPending) exes.update(key, new Uint8Array([1]));
+    }
+    this.#excludedExesPending.length = 0;
   }
 
   get instrumentedPids(): number[] {
@@ -208,18 +309,24 @@ export class PluginHost implements AsyncDisposable {
   readonly stats: PluginHostStats = {
     recordsRead: 0,
     instrumented: 0,
+    // Not loaded yet (or its load failed): every counter at 0, so the plugin's series exist
+    // from the start like those of a loaded plugin; closed: none.
     kernelCounters: () => {
       const counters = new Map<string, bigint>();
       if (this.#closed) return { lost: 0n, counters };
+      const stats = this.#stats;
       (this.plugin.kernelCounters ?? []).forEach((name: string, i: number) => {
-        counters.set(name, this.#stats.sumPerCpuU64(i + 1));
+        counters.set(name, stats?.sumPerCpuU64(i + 1) ?? 0n);
       });
-      return { lost: this.#stats.sumPerCpuU64(0), counters };
+      return { lost: stats?.sumPerCpuU64(0) ?? 0n, counters };
     },
-    ringFill: () => this.#closed ? 0 : this.#reader.pendingBytes / this.#reader.size,
+    ringFill: () => {
+      const reader = this.#reader;
+      return this.#closed || !reader ? 0 : reader.pendingBytes / reader.size;
+    },
     programs: () => {
       const out = new Map<string, { runCount: bigint; runTimeNs: bigint }>();
-      if (this.#closed) return out;
+      if (this.#closed || !this.#object) return out;
       for (const program of this.#object.programs()) {
         const st = program.runStats();
         if (st) out.set(program.name, st);
@@ -228,8 +335,9 @@ export class PluginHost implements AsyncDisposable {
     },
   };
 
-  /** Whether this plugin wants `target`. */
+  /** Whether this plugin wants `target` (no longer, once its load at a first target failed). */
   appliesTo(target: TargetProcess): boolean {
+    if (this.#loadFailed) return false;
     try {
       const verdict = this.plugin.appliesTo?.(target, this.#ctx) ?? true;
       if (typeof verdict === "boolean") return verdict;
@@ -249,23 +357,35 @@ export class PluginHost implements AsyncDisposable {
 
   /**
    * Another plugin measures `pid`'s client connections: this plugin's BPF must leave them
-   * (objects without an `excluded` map ignore this). Undone by remove(pid).
+   * (objects without an `excluded` map ignore this). Undone by remove(pid). Before the load it
+   * is remembered, and written at load.
    */
   excludeClients(pid: number): void {
-    if (this.#closed || this.#excluded.has(pid) || !this.#object.hasMap("excluded")) return;
+    if (this.#closed || this.#loadFailed || this.#excluded.has(pid)) return;
+    if (!this.#object) {
+      this.#excluded.add(pid);
+      return;
+    }
+    if (!this.#object.hasMap("excluded")) return;
     this.#excluded.add(pid);
     this.#setBit("excluded", pid, true);
   }
 
-  /** Likewise for every process running the executable at `path` (excluded_exes map). */
+  /**
+   * Likewise for every process running the executable at `path` (excluded_exes map). The file
+   * is identified now (a missing one throws now, at the agent's start), and written at load.
+   */
   excludeClientsOfExecutable(path: string): void {
-    if (this.#closed || !this.#object.hasMap("excluded_exes")) return;
+    if (this.#closed || this.#loadFailed || this.#object?.hasMap("excluded_exes") === false) {
+      return;
+    }
     const st = Deno.statSync(path);
     const key = new Uint8Array(16);
     const view = new DataView(key.buffer);
     view.setBigUint64(0, BigInt(st.ino ?? 0), true);
     view.setUint32(8, kernelDev(st.dev), true);
-    this.#object.map("excluded_exes").update(key, new Uint8Array([1]));
+    if (this.#object) this.#object.map("excluded_exes").update(key, new Uint8Array([1]));
+    else this.#excludedExesPending.push(key);
   }
 
   /** The `replacesOnExecutables` declarations of this plugin. */
@@ -291,6 +411,7 @@ export class PluginHost implements AsyncDisposable {
 
   /** Whether this plugin selects processes of `exe` that listen on nothing (clients). */
   selectsExecutable(exe: string, pid: number): boolean {
+    if (this.#loadFailed) return false;
     try {
       return this.plugin.selectsExecutable?.(exe, pid, this.#ctx) ?? false;
     } catch (e) {
@@ -301,9 +422,13 @@ export class PluginHost implements AsyncDisposable {
     }
   }
 
-  /** Starts instrumenting `target`. Returns false (counted, logged) when that failed. */
+  /**
+   * Starts instrumenting `target`, loading the plugin first if it waited for its first target.
+   * Returns false (counted, logged) when that failed.
+   */
   add(target: TargetProcess): boolean {
     if (this.#closed || this.#targetLinks.has(target.pid)) return true;
+    if (!this.#object && !this.#loadAtFirstTarget(target)) return false;
     const started = performance.now();
     const links: BpfLink[] = [];
     const shares: string[] = [];
@@ -369,7 +494,9 @@ export class PluginHost implements AsyncDisposable {
   /** Stops instrumenting `pid` (it exited): links closed, its bit cleared, its aggregates read
    * a last time and deleted. */
   remove(pid: number): void {
-    if (this.#excluded.delete(pid) && !this.#closed) this.#setBit("excluded", pid, false);
+    if (this.#excluded.delete(pid) && !this.#closed && this.#object) {
+      this.#setBit("excluded", pid, false);
+    }
     const links = this.#targetLinks.get(pid);
     if (!links) return;
     if (!this.#closed) this.#readAggregates(pid);
@@ -391,7 +518,7 @@ export class PluginHost implements AsyncDisposable {
 
   /** Consumes what the kernel has recorded so far (before a scrape). */
   drain(): void {
-    if (this.#closed) return;
+    if (this.#closed || !this.#reader) return;
     this.#reader.drain();
     this.#readAggregates();
   }
@@ -403,9 +530,9 @@ export class PluginHost implements AsyncDisposable {
   #readAggregates(forget?: number): void {
     const spec = this.plugin.aggregates;
     if (!spec) return;
-    const map = this.#object.map(spec.map);
-    const lookup = (name: string, key: Uint8Array<ArrayBuffer>) =>
-      this.#object.map(name).lookup(key);
+    const object = this.#loaded;
+    const map = object.map(spec.map);
+    const lookup = (name: string, key: Uint8Array<ArrayBuffer>) => object.map(name).lookup(key);
     const gone: Uint8Array<ArrayBuffer>[] = [];
     const living = new Map<number, boolean>();
     const isAlive = (pid: number) => {
@@ -489,7 +616,7 @@ export class PluginHost implements AsyncDisposable {
 
   /** Runs the plugin's sweep program every `intervalMs`. */
   #startSweep(name: string, intervalMs: number): void {
-    const program = this.#object.program(name);
+    const program = this.#loaded.program(name);
     program.run(); // fails now, at start, if it cannot run at all
     let warned = false;
     const timer = setInterval(() => {
@@ -504,18 +631,29 @@ export class PluginHost implements AsyncDisposable {
     this.#sweepTimer = timer;
   }
 
-  /** Detaches everything, drains the ring a last time and closes the object. */
+  /**
+   * Detaches everything, drains the ring a last time and closes the object; nothing to release
+   * when it was never loaded.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
+    this.#excludedExesPending.length = 0;
+    if (!this.#object) {
+      this.#closed = true;
+      this.#excluded.clear();
+      return;
+    }
     if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
     this.#onDemandFlag = undefined; // nothing attaches while the links below go
     for (const pid of [...this.#targetLinks.keys()]) this.remove(pid);
     for (const link of this.#globalLinks.splice(0)) this.#detachInBackground(link, "");
     // Every link is gone before the object (and its programs) is closed.
     while (this.#detaching.size > 0) await Promise.all([...this.#detaching]);
-    await this.#reader.close();
+    await this.#reader?.close();
     this.#closed = true;
     this.#object.close();
+    this.#object = this.#targets = this.#stats = undefined;
+    this.#reader = undefined;
   }
 
   [Symbol.asyncDispose](): Promise<void> {
@@ -523,7 +661,7 @@ export class PluginHost implements AsyncDisposable {
   }
 
   #attach(spec: AttachSpec): BpfLink {
-    const program = this.#object.program(spec.program);
+    const program = this.#loaded.program(spec.program);
     switch (spec.kind) {
       case "auto":
         return attachBySection(program);
@@ -537,7 +675,7 @@ export class PluginHost implements AsyncDisposable {
   }
 
   #setBit(map: "targets" | "excluded", pid: number, on: boolean): void {
-    const bitmap = map === "targets" ? this.#targets : this.#object.map(map);
+    const bitmap = map === "targets" && this.#targets ? this.#targets : this.#loaded.map(map);
     const key = new Uint8Array(4);
     new DataView(key.buffer).setUint32(0, Math.floor(pid / 64), true);
     const word = bitmap.lookup(key) ?? new Uint8Array(8);

@@ -17,6 +17,7 @@ function valid(): AnyPlugin {
       { kind: "auto", program: "on_sock_recv" },
       { kind: "tracepoint", program: "on_exit", category: "sched", name: "sched_process_exit" },
     ],
+    loadOnFirstTarget: true,
     attachOnDemand: {
       map: "sockets_wanted",
       specs: [{ kind: "auto", program: "on_sock_close" }],
@@ -164,6 +165,27 @@ Deno.test("validatePlugin() rejects a malformed attachOnDemand, naming where", (
   ];
   for (const [attachOnDemand, field] of bad) {
     assertRejected({ ...valid(), attachOnDemand }, field);
+  }
+});
+
+Deno.test("validatePlugin() accepts loadOnFirstTarget as a boolean or a function of the context", () => {
+  for (
+    const loadOnFirstTarget of [
+      true,
+      false,
+      () => true,
+      ({ options }: { options: object }) => !options,
+    ]
+  ) {
+    assert.ok(validatePlugin({ ...valid(), loadOnFirstTarget }));
+  }
+  const { loadOnFirstTarget: _, ...without } = valid();
+  assert.ok(validatePlugin(without));
+});
+
+Deno.test("validatePlugin() rejects a loadOnFirstTarget that is neither a boolean nor a function", () => {
+  for (const loadOnFirstTarget of ["yes", 1, 0, null, [], { at: "first target" }]) {
+    assertRejected({ ...valid(), loadOnFirstTarget }, "loadOnFirstTarget");
   }
 });
 

@@ -98,6 +98,9 @@ export default definePlugin<GoGrpcEvent, GoGrpcOptions>({
     events: eventsRingBytes(aggregatesInKernel(ctx)),
   }),
   uprobeMultiPrograms: PROGRAMS,
+  // Only Go programs with grpc-go are measured, and every probe is per target (no attachOnce):
+  // nothing to load until the first one (its 2 MiB ring and the rest: see go-http's).
+  loadOnFirstTarget: true,
   kernelCounters: GO_GRPC_KERNEL_COUNTERS,
   appliesTo(target, { options }) {
     if (skipped(options, target.exe)) {
