@@ -215,6 +215,12 @@ export class Agent implements AsyncDisposable {
     // appear: the decoder's worker starts loading now, beside the BPF objects' loading.
     prewarmX86Decoder();
     const failures: string[] = [];
+    const failed = (id: string, e: unknown) => {
+      this.exporter.attachFailed(id, e instanceof BpfError ? e.code : "error");
+      const hint = loadFailureHint(e);
+      failures.push(`${id}: ${(e as Error).message}${hint}`);
+      log.error(`plugin ${id} cannot start: ${(e as Error).message}${hint}`);
+    };
     for (const f of options.moduleFailures ?? []) {
       this.exporter.attachFailed(moduleLabel(f.module), "module_error");
       log.error(`plugin module ${f.module} not loaded: ${f.message}`);
@@ -235,28 +241,41 @@ export class Agent implements AsyncDisposable {
           perRequestEvents,
         );
         this.#hosts.push(host);
-        this.exporter.addSource({
-          id: plugin.id,
-          recordsRead: () => host.stats.recordsRead,
-          instrumented: () => host.stats.instrumented,
-          kernel: () => host.stats.kernelCounters(),
-          ringFill: () => host.stats.ringFill(),
-          programs: () => host.stats.programs(),
-        });
-        // A plugin with loadOnFirstTarget is ready, not loaded: it loads with its first target
-        // (or its load fails there, counted and logged once, and it takes no more targets).
-        log.info(
-          host.isLoaded
-            ? `plugin ${plugin.id} loaded`
-            : `plugin ${plugin.id} ready: its BPF object loads at its first target`,
-        );
       } catch (e) {
-        const reason = e instanceof BpfError ? e.code : "error";
-        this.exporter.attachFailed(plugin.id, reason);
-        const hint = loadFailureHint(e);
-        failures.push(`${plugin.id}: ${(e as Error).message}${hint}`);
-        log.error(`plugin ${plugin.id} cannot start: ${(e as Error).message}${hint}`);
+        failed(plugin.id, e);
       }
+    }
+    // Nothing loaded (every plugin that loads at start failed, or none does): the plugins that
+    // would load at their first target are all that is left, so they load now, to know whether
+    // the agent can measure anything at all. Without privileges they fail here as the others
+    // did, and the agent stops with "No plugin could start" instead of running with nothing
+    // that works.
+    if (!this.#hosts.some((h) => h.isLoaded)) {
+      for (const host of [...this.#hosts]) {
+        try {
+          host.loadNow();
+        } catch (e) {
+          this.#hosts.splice(this.#hosts.indexOf(host), 1);
+          failed(host.plugin.id, e);
+        }
+      }
+    }
+    for (const host of this.#hosts) {
+      this.exporter.addSource({
+        id: host.plugin.id,
+        recordsRead: () => host.stats.recordsRead,
+        instrumented: () => host.stats.instrumented,
+        kernel: () => host.stats.kernelCounters(),
+        ringFill: () => host.stats.ringFill(),
+        programs: () => host.stats.programs(),
+      });
+      // A plugin with loadOnFirstTarget is ready, not loaded: it loads with its first target
+      // (or its load fails there, counted and logged once, and it takes no more targets).
+      log.info(
+        host.isLoaded
+          ? `plugin ${host.plugin.id} loaded`
+          : `plugin ${host.plugin.id} ready: its BPF object loads at its first target`,
+      );
     }
     // Executables a plugin measures in every process: the plugins it replaces there leave them.
     for (const host of this.#hosts) {

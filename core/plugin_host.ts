@@ -279,6 +279,15 @@ export class PluginHost implements AsyncDisposable {
     return true;
   }
 
+  /**
+   * Loads a `loadOnFirstTarget` plugin now (the agent does when nothing else could load).
+   * Throws as the constructor would, with the host left unloaded; nothing to do if loaded.
+   */
+  loadNow(): void {
+    if (this.#object || this.#closed) return;
+    this.#load((ms) => this.#log.debug(`${this.plugin.id}: BPF object loaded in ${ms} ms`));
+  }
+
   /** Whether the BPF object is loaded (false before the first target of a lazy plugin). */
   get isLoaded(): boolean {
     return this.#object !== undefined;

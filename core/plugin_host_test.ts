@@ -175,6 +175,34 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "loadNow(): a lazy plugin loads at once (the agent's check when nothing else loaded)",
+  ...bpf,
+  async fn() {
+    assertBpfAvailable();
+    const options = goGrpcOptions.parse({});
+    // One that cannot load throws, and stays unloaded and uncounted (the agent counts it).
+    const broken = recorder();
+    const failing = new PluginHost(unopenable(), options, BUCKETS, broken.log, broken.sinks);
+    assert.throws(() => failing.loadNow());
+    assert.equal(failing.isLoaded, false);
+    assert.equal(broken.failures.length, 0);
+    await failing.close();
+    // One that can: loaded, and a second call does nothing.
+    const { sinks, log } = recorder();
+    const host = new PluginHost(goGrpc, options, BUCKETS, log, sinks);
+    try {
+      assert.equal(host.isLoaded, false);
+      host.loadNow();
+      assert.equal(host.isLoaded, true);
+      host.loadNow();
+      assert.equal(host.isLoaded, true);
+    } finally {
+      await host.close();
+    }
+  },
+});
+
 /** The ids of the BPF maps this process holds, by name (fdinfo `map_id`, bpftool for names). */
 async function heldMaps(): Promise<Map<string, number[]>> {
   const ids = new Set<number>();

@@ -249,7 +249,8 @@ Deno.test({
       env: { REDPROBE_DISCOVERY_INSTANCE_HOST: "node-7" },
     });
     await agent.waitForPid(a.pid);
-    await agent.waitForPid(nginx.pid);
+    // Every nginx process: the worker, which serves, is instrumented a moment after the master.
+    for (const pid of await nginx.pids()) await agent.waitForPid(pid);
     for (const server of [a, b]) {
       await sendRequests({
         port: server.port,

@@ -39,7 +39,8 @@ Deno.test({
     });
     let stopped = false;
     try {
-      await agent.waitForPid(nginx.pid);
+      // Every nginx process: the worker, which serves, is instrumented a moment after the master.
+      for (const pid of await nginx.pids()) await agent.waitForPid(pid);
       assert.match(agent.logs(), /OTLP export: metrics to http:\/\/127\.0\.0\.1:\d+\/v1\/metrics/);
       assert.match(agent.logs(), /traces on: the plugins send one record per request/);
       const startWallNs = BigInt(Date.now()) * 1_000_000n;
@@ -177,7 +178,8 @@ Deno.test({
     });
     // Some traffic, so there is something to push.
     await using nginx = await startNginx({ workers: 1, keepalive: true, sendfile: true });
-    await agent.waitForPid(nginx.pid);
+    // Every nginx process: the worker, which serves, is instrumented a moment after the master.
+    for (const pid of await nginx.pids()) await agent.waitForPid(pid);
     await sendRequests({
       port: nginx.port,
       spec: { method: "GET", path: "/hello" },
