@@ -38,6 +38,19 @@ function spawnCaller(
   };
 }
 
+/** The test object, loaded to count what process `tgid` does. */
+function loadFor(tgid: number): BpfObject {
+  const obj = BpfObject.open(OBJECT, "core_probe");
+  try {
+    obj.setConstants({ target_tgid: tgid });
+    obj.load();
+    return obj;
+  } catch (e) {
+    obj.close();
+    throw e;
+  }
+}
+
 /** File offset of `symbol` in an ELF file, from readelf (symbol value -> its LOAD segment). */
 async function fileOffsetOf(path: string, symbol: string): Promise<number> {
   const run = async (args: string[]) =>
@@ -71,9 +84,7 @@ Deno.test({
   async fn() {
     assertBpfAvailable();
     const caller = spawnCaller();
-    using obj = BpfObject.open(OBJECT, "core_probe");
-    obj.setConstants({ target_tgid: caller.pid });
-    obj.load();
+    using obj = loadFor(caller.pid);
     const seqs: number[] = [];
     const reader = new RingBufferReader(obj.map("events"), (r) => {
       const view = new DataView(r.buffer, r.byteOffset, r.byteLength);
@@ -104,9 +115,7 @@ Deno.test({
   async fn() {
     assertBpfAvailable();
     const caller = spawnCaller();
-    using obj = BpfObject.open(OBJECT, "core_probe");
-    obj.setConstants({ target_tgid: caller.pid });
-    obj.load();
+    using obj = loadFor(caller.pid);
     let records = 0;
     const seenAtWake: number[] = [];
     const errors: unknown[] = [];
@@ -149,9 +158,7 @@ Deno.test({
     assertBpfAvailable();
     for (const how of ["symbol", "offset"] as const) {
       const caller = spawnCaller();
-      using obj = BpfObject.open(OBJECT, "core_probe");
-      obj.setConstants({ target_tgid: caller.pid });
-      obj.load();
+      using obj = loadFor(caller.pid);
       const where = how === "symbol"
         ? { symbol: "getpriority" }
         : { offset: await fileOffsetOf(LIBC, "getpriority") };
