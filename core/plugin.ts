@@ -284,6 +284,9 @@ export interface PluginDefinition<E = unknown, O = Record<string, unknown>> {
    * the machine's, and the next attempt would fail the same way after another verifier run
    * (tens to hundreds of ms of the agent's CPU) and another warning, at every new process.
    * `redprobe doctor` says why; a restart of the agent tries again.
+   *
+   * When no plugin could load at start, the agent loads these at once instead: it must know
+   * whether it can measure anything (without privileges it cannot, and it stops).
    */
   loadOnFirstTarget?: boolean | ((ctx: PluginContext<O>) => boolean);
   /**
