@@ -52,7 +52,7 @@
 import { parseArgs } from "node:util";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
-import { AGENT_V8_FLAGS } from "./lib/agent_flags.ts";
+import { AGENT_RUN_FLAGS } from "./lib/agent_flags.ts";
 import { BUNDLED_WORKER_SOURCE } from "../lib/x86_decoder.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -103,7 +103,7 @@ export async function bundle(options: BundleOptions = {}): Promise<BundleReport>
     `createRequire(${JSON.stringify(`file://${VIRTUAL_ROOT}/x86_decoder_worker.js`)})`,
   );
   const main = await bundleModule(entry, outDir, log);
-  const final = `#!/usr/bin/env -S MALLOC_ARENA_MAX=1 deno run -A ${AGENT_V8_FLAGS}\n` +
+  const final = `#!/usr/bin/env -S MALLOC_ARENA_MAX=1 deno run -A ${AGENT_RUN_FLAGS.join(" ")}\n` +
     `// redprobe, bundled from ${relative(ROOT, entry)} by scripts/bundle.ts. ` +
     `Run: deno run -A redprobe.js [command] [flags]\n` +
     `globalThis.${BUNDLED_WORKER_SOURCE} = ${JSON.stringify(worker.text)};\n` + main.text;

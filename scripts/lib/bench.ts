@@ -10,7 +10,7 @@ import { parseArgs } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parsePrometheusText, type Sample } from "../../tests/support/prom_text.ts";
-import { AGENT_ENV, AGENT_V8_FLAGS } from "./agent_flags.ts";
+import { AGENT_ENV, AGENT_RUN_FLAGS } from "./agent_flags.ts";
 
 /** The repository's root directory. */
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -165,7 +165,7 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
       "run",
       "-A",
       "--quiet",
-      AGENT_V8_FLAGS,
+      ...AGENT_RUN_FLAGS,
       join(options.root ?? ROOT, "main.ts"),
       "--metrics-address",
       "127.0.0.1",

@@ -7,7 +7,7 @@
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { freePort } from "./ports.ts";
 import { parsePrometheusText, type Sample } from "./prom_text.ts";
-import { AGENT_ENV, AGENT_V8_FLAGS } from "../../scripts/lib/agent_flags.ts";
+import { AGENT_ENV, AGENT_RUN_FLAGS } from "../../scripts/lib/agent_flags.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 
@@ -51,7 +51,7 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
       "run",
       "-A",
       "--quiet",
-      AGENT_V8_FLAGS,
+      ...AGENT_RUN_FLAGS,
       options.entry ?? join(ROOT, "main.ts"),
       "--config",
       configFile,
