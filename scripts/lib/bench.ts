@@ -780,6 +780,9 @@ export function machineInfo(): MachineInfo {
 /** `markdown` to `out`, `json` (pretty) beside it: `x.md` -> `x.json`. */
 export async function writeResults(out: string, markdown: string, json: unknown): Promise<void> {
   await Deno.mkdir(dirname(out), { recursive: true });
+  const jsonOut = out.replace(/\.md$/, ".json");
   await Deno.writeTextFile(out, markdown);
-  await Deno.writeTextFile(out.replace(/\.md$/, ".json"), JSON.stringify(json, null, 2));
+  await Deno.writeTextFile(jsonOut, JSON.stringify(json, null, 2) + "\n");
+  // As `deno fmt` would have them (tables aligned), so the committed files pass `deno fmt --check`.
+  await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", out, jsonOut] }).output();
 }
