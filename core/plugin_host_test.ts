@@ -10,6 +10,7 @@ import { createLogger } from "./log.ts";
 import goGrpc, { goGrpcOptions } from "../plugins/go_grpc/mod.ts";
 import { GO_GRPC_KERNEL_COUNTERS } from "../plugins/go_grpc/decode.ts";
 import { assertBpfAvailable, skipBpf } from "../tests/support/privileges.ts";
+import { mapIdsByNameHeldBy } from "../tests/support/bpf_held.ts";
 
 const BUCKETS = { durationSeconds: [0.1, 1], sizeBytes: [64] };
 /** Against the kernel; the ring reader's poll runs on a worker thread (as in core_bpf_test). */
@@ -203,26 +204,6 @@ Deno.test({
   },
 });
 
-/** The ids of the BPF maps this process holds, by name (fdinfo `map_id`, bpftool for names). */
-async function heldMaps(): Promise<Map<string, number[]>> {
-  const ids = new Set<number>();
-  for (const fd of Deno.readDirSync("/proc/self/fdinfo")) {
-    try {
-      const m = /^map_id:\s*(\d+)$/m.exec(Deno.readTextFileSync(`/proc/self/fdinfo/${fd.name}`));
-      if (m) ids.add(Number(m[1]));
-    } catch { /* closed meanwhile */ }
-  }
-  const out = await new Deno.Command("bpftool", { args: ["map", "list", "-j"], stdout: "piped" })
-    .output();
-  const list = JSON.parse(new TextDecoder().decode(out.stdout)) as { id: number; name?: string }[];
-  const byName = new Map<string, number[]>();
-  for (const m of list) {
-    if (!ids.has(m.id)) continue;
-    byName.set(m.name ?? "", [...(byName.get(m.name ?? "") ?? []), m.id]);
-  }
-  return byName;
-}
-
 /** Bit `pid` of the bitmap (array of u64 words) map `id`. */
 async function bitOf(id: number, pid: number): Promise<boolean> {
   const word = Math.floor(pid / 64);
@@ -247,7 +228,7 @@ Deno.test({
     const host = new PluginHost(plugin, goGrpcOptions.parse({}), BUCKETS, log, sinks);
     try {
       assert.equal(host.isLoaded, false);
-      assert.equal((await heldMaps()).size, 0, "no map before the first target");
+      assert.equal((await mapIdsByNameHeldBy(Deno.pid)).size, 0, "no map before the first target");
       assert.deepEqual(
         [...host.stats.kernelCounters().counters.keys()],
         [...GO_GRPC_KERNEL_COUNTERS],
@@ -276,7 +257,7 @@ Deno.test({
         [...host.stats.kernelCounters().counters.keys()],
         [...GO_GRPC_KERNEL_COUNTERS],
       );
-      const maps = await heldMaps();
+      const maps = await mapIdsByNameHeldBy(Deno.pid);
       const [targets] = maps.get("targets") ?? [];
       const [excluded] = maps.get("excluded") ?? [];
       assert.ok(targets && excluded, JSON.stringify([...maps]));
@@ -300,6 +281,6 @@ Deno.test({
     }
     assert.equal(host.isLoaded, false);
     assert.equal(host.stats.programs().size, 0);
-    assert.equal((await heldMaps()).size, 0, "every map released");
+    assert.equal((await mapIdsByNameHeldBy(Deno.pid)).size, 0, "every map released");
   },
 });

@@ -12,6 +12,7 @@ import { findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
 import { sendRequests, startNginx, startPython } from "../support/mod.ts";
 import { startPrometheus } from "../support/prometheus.ts";
 import { pollUntil, settledSamples } from "../support/wait.ts";
+import { idsHeldBy, loadedPrograms } from "../support/bpf_held.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 /** The programs of the default plugins loaded at start (kprobe-http, tls-uprobe). */
@@ -40,29 +41,6 @@ function expectedPrograms(logs: string): string[] {
       logs.includes(`${id}: BPF object loaded at its first target`) ? programs : []
     ),
   ].sort();
-}
-
-/** id -> name of the BPF programs loaded in the kernel now (`bpftool prog list`). */
-async function loadedPrograms(): Promise<Map<number, string>> {
-  const out = await new Deno.Command("bpftool", {
-    args: ["prog", "list", "--json"],
-    stdout: "piped",
-  }).output();
-  assert.ok(out.success, "bpftool prog list");
-  const list = JSON.parse(new TextDecoder().decode(out.stdout)) as { id: number; name?: string }[];
-  return new Map(list.map((p) => [p.id, p.name ?? ""]));
-}
-
-/** Ids of the BPF programs a process holds (its fds' fdinfo `prog_id`). */
-function programIdsHeldBy(pid: number): Set<number> {
-  const ids = new Set<number>();
-  for (const fd of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
-    try {
-      const m = /^prog_id:\s*(\d+)$/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd.name}`));
-      if (m) ids.add(Number(m[1]));
-    } catch { /* fd closed meanwhile */ }
-  }
-  return ids;
 }
 
 const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false };
@@ -127,7 +105,7 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
         // Read again if a plugin loaded at its first target meanwhile (the log changed).
         for (let attempt = 0; attempt < 5; attempt++) {
           const before = expectedPrograms(agent.logs());
-          held = programIdsHeldBy(agent.pid);
+          held = idsHeldBy(agent.pid);
           const loaded = await loadedPrograms();
           if (attempt < 4 && expectedPrograms(agent.logs()).join() !== before.join()) continue;
           assert.deepEqual([...held].map((id) => loaded.get(id)).sort(), before);

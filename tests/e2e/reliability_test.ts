@@ -12,6 +12,7 @@ import { type Sample, sumSamples } from "../support/prom_text.ts";
 import { freePort, sendRequests, startPython } from "../support/mod.ts";
 import { ManagedProcess } from "../support/managed_process.ts";
 import { pollUntil, portAccepts, settledSamples } from "../support/wait.ts";
+import { idsHeldBy, loadedPrograms } from "../support/bpf_held.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..", "..");
 const base = { ignore: skipBpf(), sanitizeOps: false, sanitizeResources: false };
@@ -25,28 +26,9 @@ function mainUnderSetpriv(setprivArgs: string[], args: string[]): Promise<Deno.C
   }).output();
 }
 
-/** id -> name of the BPF programs loaded in the kernel now. */
-async function loadedPrograms(): Promise<Set<number>> {
-  const out = await new Deno.Command("bpftool", {
-    args: ["prog", "list", "--json"],
-    stdout: "piped",
-  })
-    .output();
-  return new Set(
-    (JSON.parse(new TextDecoder().decode(out.stdout)) as { id: number }[]).map((p) => p.id),
-  );
-}
-
-/** Ids of the BPF programs a process holds (its fds' fdinfo). */
-function programIdsHeldBy(pid: number): Set<number> {
-  const ids = new Set<number>();
-  for (const fd of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
-    try {
-      const m = /^prog_id:\s*(\d+)$/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd.name}`));
-      if (m) ids.add(Number(m[1]));
-    } catch { /* closed meanwhile */ }
-  }
-  return ids;
+/** Ids of the BPF programs loaded in the kernel now. */
+async function loadedProgramIds(): Promise<Set<number>> {
+  return new Set((await loadedPrograms()).keys());
 }
 
 /** The Python test server on `port`, with its own service name. */
@@ -107,7 +89,7 @@ Deno.test({
     let held: Set<number>;
     try {
       await agent.waitForPid(server.pid);
-      held = programIdsHeldBy(agent.pid);
+      held = idsHeldBy(agent.pid);
       assert.ok(held.size >= 10, `${held.size} programs held`);
     } finally {
       Deno.kill(agent.pid, "SIGKILL");
@@ -118,7 +100,7 @@ Deno.test({
     // after an RCU grace period.
     let left: number[] = [];
     await pollUntil(async () => {
-      const loaded = await loadedPrograms();
+      const loaded = await loadedProgramIds();
       left = [...held].filter((id) => loaded.has(id));
       return left.length === 0;
     }, { timeoutMs: 5_000, intervalMs: 100 });
@@ -140,7 +122,7 @@ Deno.test({
   name: "without CAP_BPF and CAP_PERFMON: doctor and run say so, nothing is left",
   async fn() {
     assertBpfAvailable();
-    const before = await loadedPrograms();
+    const before = await loadedProgramIds();
     // Root, but with the capabilities out of the bounding set: the exec'd agent lacks them.
     const drop = ["--bounding-set=-bpf,-perfmon,-sys_admin", "--inh-caps=-all"];
     const agent = (...args: string[]) => mainUnderSetpriv(drop, args);
@@ -162,7 +144,7 @@ Deno.test({
       logs,
       /needs root, or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH/,
     );
-    const after = await loadedPrograms();
+    const after = await loadedProgramIds();
     assert.deepEqual([...after].filter((id) => !before.has(id)), [], "nothing left loaded");
   },
 });
@@ -200,7 +182,7 @@ Deno.test({
       assert.ok(runs >= 20, `${runs} runs`);
       assert.ok(seconds > 0 && seconds < runs * 1e-4, `${seconds} s for ${runs} runs`);
       // The same numbers bpftool reads (struct bpf_prog_info), give or take the runs since.
-      const ids = programIdsHeldBy(agent.pid);
+      const ids = idsHeldBy(agent.pid);
       const listed = JSON.parse(
         new TextDecoder().decode(
           (await new Deno.Command("bpftool", { args: ["prog", "list", "-j"], stdout: "piped" })

@@ -22,9 +22,9 @@ import {
 } from "../support/mod.ts";
 import { countsReached, pollUntil, settledSamples } from "../support/wait.ts";
 import { assertWrkCounted, runClient, runWrk } from "../support/clients.ts";
-
-/** tls-uprobe's programs that run on every socket of the machine, attached on demand. */
-const SOCKET_PROGRAMS = ["tls_sock_recv", "tls_sock_send", "tls_sock_state"];
+import { programsHeldBy } from "../support/bpf_held.ts";
+// tls-uprobe's programs that run on every socket of the machine, attached on demand.
+import { SOCKET_PROGRAMS } from "../../plugins/tls_uprobe/mod.ts";
 
 type Counts = Record<string, number>;
 
@@ -82,36 +82,10 @@ async function instrumented(agent: AgentHandle, server: ServerHandle): Promise<v
   for (const pid of await server.pids()) await agent.waitForPid(pid);
 }
 
-/**
- * The names of the programs that process `pid` holds attached: its BPF link fds (their
- * /proc/pid/fdinfo has a link_id and the program's prog_id), named by `bpftool prog list`.
- * A program that is only loaded (a program fd) is not among them.
- */
-async function linkedPrograms(pid: number): Promise<string[]> {
-  const ids: number[] = [];
-  for (const fd of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
-    try {
-      const info = Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd.name}`);
-      const prog = /^prog_id:\s*(\d+)$/m.exec(info);
-      if (prog && /^link_id:/m.test(info)) ids.push(Number(prog[1]));
-    } catch { /* closed meanwhile */ }
-  }
-  const out = await new Deno.Command("bpftool", {
-    args: ["prog", "list", "--json"],
-    stdout: "piped",
-  })
-    .output();
-  assert.ok(out.success, "bpftool prog list");
-  const names = new Map(
-    (JSON.parse(new TextDecoder().decode(out.stdout)) as { id: number; name?: string }[])
-      .map((p) => [p.id, p.name ?? ""]),
-  );
-  return ids.map((id) => names.get(id) ?? "").sort();
-}
-
 /** Whether the agent holds tls-uprobe's socket programs attached (all three, or none). */
 async function socketProgramsAttached(agent: AgentHandle): Promise<boolean> {
-  const linked = (await linkedPrograms(agent.pid)).filter((n) => SOCKET_PROGRAMS.includes(n));
+  const linked = (await programsHeldBy(agent.pid, { linksOnly: true }))
+    .filter((n) => (SOCKET_PROGRAMS as readonly string[]).includes(n));
   assert.ok(linked.length === 0 || linked.length === SOCKET_PROGRAMS.length, linked.join(", "));
   return linked.length > 0;
 }

@@ -26,22 +26,37 @@ export async function loadedPrograms(): Promise<Map<number, string>> {
   return new Map([...await listed("prog")].map(([id, p]) => [id, p.name]));
 }
 
-/** Ids of the BPF programs (`prog_id`) or maps (`map_id`) process `pid` holds an fd of. */
-export function idsHeldBy(pid: number, field: "prog_id" | "map_id" = "prog_id"): Set<number> {
-  const ids = new Set<number>();
-  const re = new RegExp(`^${field}:\\s*(\\d+)$`, "m");
+/** The text of each /proc/`pid`/fdinfo entry (fds closed meanwhile are skipped). */
+function* fdinfos(pid: number): Generator<string> {
   for (const fd of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
     try {
-      const m = re.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd.name}`));
-      if (m) ids.add(Number(m[1]));
+      yield Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd.name}`);
     } catch { /* fd closed meanwhile */ }
+  }
+}
+
+/**
+ * Ids of the BPF programs (`prog_id`) or maps (`map_id`) process `pid` holds an fd of. With
+ * `linksOnly`, only the programs of its BPF link fds (fdinfo with a `link_id`): those attached,
+ * not those only loaded.
+ */
+export function idsHeldBy(
+  pid: number,
+  field: "prog_id" | "map_id" = "prog_id",
+  { linksOnly = false } = {},
+): Set<number> {
+  const ids = new Set<number>();
+  const re = new RegExp(`^${field}:\\s*(\\d+)$`, "m");
+  for (const info of fdinfos(pid)) {
+    const m = re.exec(info);
+    if (m && (!linksOnly || /^link_id:/m.test(info))) ids.add(Number(m[1]));
   }
   return ids;
 }
 
-/** Names of the BPF programs process `pid` holds, sorted. */
-export async function programsHeldBy(pid: number): Promise<string[]> {
-  const held = idsHeldBy(pid, "prog_id");
+/** Names of the BPF programs process `pid` holds (with `linksOnly`: has attached), sorted. */
+export async function programsHeldBy(pid: number, { linksOnly = false } = {}): Promise<string[]> {
+  const held = idsHeldBy(pid, "prog_id", { linksOnly });
   const loaded = await loadedPrograms();
   return [...held].map((id) => loaded.get(id) ?? `?${id}`).sort();
 }
@@ -52,4 +67,14 @@ export async function mapsHeldBy(pid: number): Promise<{ name: string; type: str
   const maps = await listed("map");
   return [...held].flatMap((id) => maps.has(id) ? [maps.get(id)!] : [])
     .sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** The ids of the BPF maps process `pid` holds, by map name. */
+export async function mapIdsByNameHeldBy(pid: number): Promise<Map<string, number[]>> {
+  const held = idsHeldBy(pid, "map_id");
+  const byName = new Map<string, number[]>();
+  for (const [id, { name }] of await listed("map")) {
+    if (held.has(id)) byName.set(name, [...(byName.get(name) ?? []), id]);
+  }
+  return byName;
 }
