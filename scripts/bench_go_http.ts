@@ -45,6 +45,7 @@ import { analyzeGoBinary, GO_FUNCTIONS, type ProbeSite } from "../plugins/go_htt
 import type { Sample } from "../tests/support/prom_text.ts";
 import {
   type Agent,
+  anotherRound,
   bpfStatsEnabled,
   calibratePacing,
   commandLine,
@@ -60,6 +61,7 @@ import {
   programRunsOver,
   programTable,
   ROOT,
+  roundsInSummary,
   rssMb,
   run,
   scrape,
@@ -68,7 +70,7 @@ import {
   startAgent,
   type Stat,
   stat,
-  stealDuring,
+  StealLog,
   summarizePrograms,
   writeResults,
   wrk,
@@ -263,7 +265,7 @@ const onSigint = () => {
 Deno.addSignalListener("SIGINT", onSigint);
 
 /** One saturated wrk interval of `config`, with everything measured around it. */
-async function measure(config: Config, server: GoServer, steal: number[]): Promise<Interval> {
+async function measure(config: Config, server: GoServer, steal: StealLog): Promise<Interval> {
   const agent = config === "a" ? undefined : await agentFor(config, server.pid);
   live.agent = agent;
   try {
@@ -272,10 +274,9 @@ async function measure(config: Config, server: GoServer, steal: number[]): Promi
     const serverCpuBefore = cpuNs(server.pid);
     const agentCpuBefore = agent ? cpuNs(agent.pid) : 0;
     const logBefore = agent ? agent.log().length : 0;
-    const { value: w, stealPct } = await stealDuring(() =>
+    const w = await steal.measured(() =>
       wrk({ url: server.url + PATH, seconds: args.seconds, connections: args.connections })
     );
-    steal.push(stealPct);
     const serverCpu = cpuNs(server.pid) - serverCpuBefore;
     const agentCpu = agent ? cpuNs(agent.pid) - agentCpuBefore : 0;
     const interval: Interval = { ...w, serverCpuUsPerRequest: serverCpu / 1000 / w.requests };
@@ -321,16 +322,14 @@ async function measureLatency(
   config: Config,
   server: GoServer,
   calibration: PacingCalibration,
-  steal: number[],
+  steal: StealLog,
 ): Promise<PacedLatency> {
   const agent = config === "a" ? undefined : await agentFor(config, server.pid);
   live.agent = agent;
   try {
-    const { value, stealPct } = await stealDuring(() =>
+    return await steal.measured(() =>
       pacedLatency({ url: server.url + PATH, seconds: args.seconds, calibration })
     );
-    steal.push(stealPct);
-    return value;
   } finally {
     live.agent = undefined;
     await agent?.stop();
@@ -357,9 +356,8 @@ live.server = server;
 const started = Date.now();
 try {
   await wrk({ url: server.url + PATH, seconds: args.seconds, connections: args.connections }); // warm-up
-  // Until --rounds rounds without much steal, at most three times as many in all.
-  for (let r = 0; rounds.filter((x) => x.clean).length < args.rounds && r < args.rounds * 3; r++) {
-    const steal: number[] = [];
+  for (let r = 0; anotherRound(rounds, args.rounds); r++) {
+    const steal = new StealLog();
     // Rotate the order, so that drift on the machine spreads over the three configurations.
     const order = [...CONFIGS.slice(r % 3), ...CONFIGS.slice(0, r % 3)];
     const intervals = {} as Record<Config, Interval>;
@@ -403,8 +401,8 @@ try {
       p50Ms,
       paced,
       calibration,
-      stealPct: Math.max(...steal),
-      clean: Math.max(...steal) < args.maxStealPct,
+      stealPct: steal.pct,
+      clean: steal.clean(args.maxStealPct),
     };
     rounds.push(round);
     console.error(`round ${r + 1} ${describeRound(round)}`);
@@ -419,8 +417,7 @@ try {
   await tree.remove();
 }
 const elapsedSeconds = Math.round((Date.now() - started) / 1000);
-// The summary is of the clean rounds (all of them if none was clean: said in the results).
-const used = rounds.some((r) => r.clean) ? rounds.filter((r) => r.clean) : rounds;
+const used = roundsInSummary(rounds);
 
 // ---- Summary ---------------------------------------------------------------------------------
 

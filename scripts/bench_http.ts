@@ -36,6 +36,7 @@
 import { testCertificate } from "../tests/support/tls.ts";
 import {
   type Agent,
+  anotherRound,
   calibratePacing,
   cpuNs,
   freePort,
@@ -48,11 +49,12 @@ import {
   programNsPerRequest,
   type ProgramRun,
   programRunsOver,
+  roundsInSummary,
   rssMb,
   snapshotWorkingTree,
   startAgent as startAgentUntil,
   stat,
-  stealDuring,
+  StealLog,
   summarizePrograms,
   sumMetric,
   writeResults,
@@ -226,8 +228,7 @@ const nginx = await startNginx();
 const rounds: Round[] = [];
 try {
   await wrk(nginx.port); // warm-up
-  // Until ROUNDS rounds without much steal, at most 3 × ROUNDS in all.
-  for (let r = 0; rounds.filter((x) => x.clean).length < ROUNDS && r < ROUNDS * 3; r++) {
+  for (let r = 0; anotherRound(rounds, ROUNDS); r++) {
     // Alternate which configuration goes first, so drift on the machine cancels out.
     const agentFirst = r % 2 === 1;
     let baseline!: { rps: number; requests: number };
@@ -238,13 +239,8 @@ try {
     let baselineNginxNs = 0;
     let agentNginxNs = 0;
     let programs: Record<string, ProgramRun> = {};
-    const steal: number[] = [];
-    /** `fn`'s value; the steal during it is kept for the round. */
-    const measured = async <T>(fn: () => Promise<T>): Promise<T> => {
-      const { value, stealPct } = await stealDuring(fn);
-      steal.push(stealPct);
-      return value;
-    };
+    const steal = new StealLog();
+    const measured = <T>(fn: () => Promise<T>) => steal.measured(fn);
     const worker = nginx.worker();
     const measureBaseline = async () => {
       const before = cpuNs(worker);
@@ -314,8 +310,8 @@ try {
       sent: withAgent.requests,
       counted,
       programs,
-      stealPct: Math.max(...steal),
-      clean: Math.max(...steal) < MAX_STEAL,
+      stealPct: steal.pct,
+      clean: steal.clean(MAX_STEAL),
     };
     rounds.push(round);
     console.error(`round ${r + 1}: ${describe(round)}`);
@@ -325,8 +321,7 @@ try {
   await tree.remove();
 }
 
-// The summary is of the clean rounds (all of them if none was clean: said in the results).
-const used = rounds.some((r) => r.clean) ? rounds.filter((r) => r.clean) : rounds;
+const used = roundsInSummary(rounds);
 const ratios = used.map((r) => r.agentRps / r.baselineRps);
 const summary = {
   rounds: rounds.length,

@@ -48,6 +48,7 @@
 import { join } from "node:path";
 import {
   type Agent,
+  anotherRound,
   calibratePacing,
   commandLine,
   cpuNs,
@@ -62,6 +63,7 @@ import {
   programNsPerRequest,
   type ProgramRun,
   programRunsOver,
+  roundsInSummary,
   rssMb,
   run,
   sleep,
@@ -69,7 +71,7 @@ import {
   spread,
   startAgent,
   stat,
-  stealDuring,
+  StealLog,
   summarizePrograms,
   sumMetric,
   writeResults,
@@ -227,17 +229,16 @@ async function withServer<T>(
 }
 
 /** Throughput at saturation (wrk). */
-function measure(mode: Mode, steal: number[]): Promise<Measurement> {
+function measure(mode: Mode, steal: StealLog): Promise<Measurement> {
   return withServer(mode, async (url, server, agent) => {
     const countedBefore = agent
       ? await sumMetric(agent.metricsPort, "http_server_duration_seconds_count")
       : receiver.exports();
     const cpuBefore = cpuNs(server.pid);
     const agentCpuBefore = agent ? cpuNs(agent.pid) : 0;
-    const { value: result, stealPct } = await stealDuring((): Promise<WrkResult> =>
+    const result: WrkResult = await steal.measured(() =>
       wrk({ url, seconds: args.seconds, connections: args.connections })
     );
-    steal.push(stealPct);
     const serverUs = (cpuNs(server.pid) - cpuBefore) / 1000 / result.requests;
     const measurement: Measurement = {
       mode,
@@ -269,14 +270,11 @@ function calibrate(rate: number): Promise<PacingCalibration> {
 }
 
 /** p50 and p99 at about the calibrated rate (paced wrk). */
-function latency(mode: Mode, calibration: PacingCalibration, steal: number[]): Promise<Latency> {
-  return withServer(mode, async (url) => {
-    const { value, stealPct } = await stealDuring(() =>
-      pacedLatency({ url, seconds: args.seconds, calibration })
-    );
-    steal.push(stealPct);
-    return value;
-  });
+function latency(mode: Mode, calibration: PacingCalibration, steal: StealLog): Promise<Latency> {
+  return withServer(
+    mode,
+    (url) => steal.measured(() => pacedLatency({ url, seconds: args.seconds, calibration })),
+  );
 }
 
 interface Round {
@@ -295,10 +293,9 @@ interface Round {
 }
 const rounds: Round[] = [];
 try {
-  // Until `rounds` rounds without much steal, at most three times as many in all.
-  for (let r = 0; rounds.filter((x) => x.clean).length < args.rounds && r < args.rounds * 3; r++) {
+  for (let r = 0; anotherRound(rounds, args.rounds); r++) {
     const order = MODES.map((_, i) => MODES[(i + r) % MODES.length]);
-    const steal: number[] = [];
+    const steal = new StealLog();
     const got: Partial<Record<Mode, Measurement>> = {};
     for (const mode of order) got[mode] = await measure(mode, steal);
     const rate = Math.round(got.bare!.rps / 2);
@@ -313,8 +310,8 @@ try {
       rate,
       calibration,
       latency: lat as Record<Mode, Latency>,
-      stealPct: Math.max(...steal),
-      clean: Math.max(...steal) < args.maxStealPct,
+      stealPct: steal.pct,
+      clean: steal.clean(args.maxStealPct),
     };
     rounds.push(round);
     console.error(
@@ -347,8 +344,7 @@ function added(r: Round, mode: "redprobe" | "otel", p: "p50Ms" | "p99Ms"): numbe
   return r.latency[mode][p] - r.latency.bare[p];
 }
 
-// The summary is of the clean rounds (all of them if none was clean: said in the results).
-const used = rounds.some((r) => r.clean) ? rounds.filter((r) => r.clean) : rounds;
+const used = roundsInSummary(rounds);
 const redprobeLoss = used.map((r) => loss(r, "redprobe"));
 const otelLoss = used.map((r) => loss(r, "otel"));
 const summary = {

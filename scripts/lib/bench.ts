@@ -67,6 +67,38 @@ export function parseBenchArgs(
   };
 }
 
+/**
+ * The steal of one round's measured runs: each run goes through {@linkcode StealLog.measured},
+ * and the round is as clean as its worst run.
+ */
+export class StealLog {
+  readonly #pcts: number[] = [];
+  /** `fn`'s value; the steal during it is kept for the round. */
+  async measured<T>(fn: () => Promise<T>): Promise<T> {
+    const { value, stealPct } = await stealDuring(fn);
+    this.#pcts.push(stealPct);
+    return value;
+  }
+  /** The most steal of the round's measured runs, %. */
+  get pct(): number {
+    return Math.max(0, ...this.#pcts);
+  }
+  /** Whether the round counts in the summary (`--max-steal`). */
+  clean(maxStealPct: number): boolean {
+    return this.pct < maxStealPct;
+  }
+}
+
+/** Whether to run another round: fewer than `wanted` clean ones so far, at most 3 × `wanted`. */
+export function anotherRound(rounds: readonly { clean: boolean }[], wanted: number): boolean {
+  return rounds.filter((r) => r.clean).length < wanted && rounds.length < wanted * 3;
+}
+
+/** The rounds a summary is of: the clean ones, or all of them if none was (results say so). */
+export function roundsInSummary<R extends { clean: boolean }>(rounds: R[]): R[] {
+  return rounds.some((r) => r.clean) ? rounds.filter((r) => r.clean) : rounds;
+}
+
 /** The machine's steal time so far (/proc/stat, all CPUs), in clock ticks (USER_HZ, 100/s). */
 function stealTicks(): number {
   const cpu = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/);
