@@ -129,6 +129,33 @@ Deno.test("dynamicSymbols() lists a C program's imports", needs(fileExists("/usr
 });
 
 Deno.test(
+  "findSymbols() finds what the decoded tables hold, without decoding them",
+  needs(fileExists("/usr/bin/ls")),
+  async () => {
+    const libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    const names = ["malloc", "free", "read", "no_such_symbol", "", "mallo"];
+    for (const path of [libc, "/usr/bin/ls"]) {
+      const all = readElf(path).dynamicSymbols()
+        .filter((s) => s.name !== "" && names.includes(s.name));
+      // A fresh file: nothing decoded; then the same file once its table is cached.
+      const opened = ElfFile.open(path);
+      assert.deepEqual(opened.findSymbols(names), all, path);
+      opened.dynamicSymbols();
+      assert.deepEqual(opened.findSymbols(names), all, `${path}, cached`);
+    }
+    assert.ok(readElf(libc).findSymbols(["malloc"]).length > 0);
+    if (haveGo()) {
+      const elf = await goServer();
+      const wanted = ["net/http.serverHandler.ServeHTTP", "main.main", "runtime.main"];
+      const expected = elf.symbols().filter((s) => wanted.includes(s.name));
+      assert.equal(expected.length, 3);
+      assert.deepEqual(ElfFile.parse(elf.bytes).findSymbols(wanted, "symtab"), expected);
+      assert.deepEqual(ElfFile.parse(elf.bytes).findSymbols(wanted, "dynsym"), []);
+    }
+  },
+);
+
+Deno.test(
   "fileOffsetOf() and bytesAt() map addresses through PT_LOAD",
   needs(haveGo()),
   async () => {

@@ -63,9 +63,9 @@ export function findOpenSslFunctions(elf: ElfFile): OpenSslFunctions {
       wanted.delete(s.name);
     }
   };
-  take(elf.dynamicSymbols());
-  // .symtab is decoded only when needed: in node it holds ~100k symbols.
-  if (wanted.size > 0) take(elf.symbols());
+  // Looked up by name, not decoded whole: node's .dynsym holds ~75k symbols, its .symtab ~100k.
+  take(elf.findSymbols(OPENSSL_FUNCTIONS, "dynsym"));
+  if (wanted.size > 0) take(elf.findSymbols(wanted, "symtab"));
   return found;
 }
 

@@ -76,3 +76,11 @@ export function findLibrary(maps: readonly MappedFile[], name: RegExp): MappedFi
   const matching = maps.filter((m) => m.path.slice(m.path.lastIndexOf("/") + 1).search(name) >= 0);
   return matching.find((m) => m.perms.includes("x")) ?? matching[0];
 }
+
+/**
+ * The read-only mappings (code, constants; no `w`) of the file at `path`, e.g. a process's own
+ * executable: the clean pages the kernel can drop and read back from the file.
+ */
+export function readOnlyMappingsOf(maps: readonly MappedFile[], path: string): MappedFile[] {
+  return maps.filter((m) => m.path === path && !m.deleted && !m.perms.includes("w"));
+}

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { findLibrary, type MappedFile, parseProcMaps } from "./proc_maps.ts";
+import { findLibrary, type MappedFile, parseProcMaps, readOnlyMappingsOf } from "./proc_maps.ts";
 
 // A node process's maps, cut down: the executable, anonymous and labelled mappings, libssl from
 // a path with a space, and an upgraded (deleted) libcrypto.
@@ -96,4 +96,27 @@ Deno.test("findLibrary() finds libc.so.6 in this process's own maps", () => {
   assert.ok(libc.start < libc.end);
   // Not compared with stat's inode: under overlayfs the two differ.
   assert.ok(Deno.statSync(libc.path).isFile);
+});
+
+Deno.test("readOnlyMappingsOf() gives a file's mappings without w, and none of a deleted file", () => {
+  const maps = parseProcMaps(
+    MAPS + `\
+55a0c5600000-55a0c5700000 rw-p 01c00000 08:01 1310742                    /usr/bin/node
+`,
+  );
+  assert.deepEqual(
+    readOnlyMappingsOf(maps, "/usr/bin/node").map((m) => [m.start.toString(16), m.perms]),
+    [["55a0c3a00000", "r--p"], ["55a0c3c00000", "r-xp"]],
+  );
+  // A file replaced since it was mapped: its path names another file now.
+  assert.deepEqual(readOnlyMappingsOf(maps, "/usr/lib/x86_64-linux-gnu/libcrypto.so.3"), []);
+  assert.deepEqual(readOnlyMappingsOf(maps, "/usr/bin/nod"), []);
+});
+
+Deno.test("readOnlyMappingsOf() finds this process's own executable (Deno.execPath())", () => {
+  const own = readOnlyMappingsOf(
+    parseProcMaps(Deno.readTextFileSync("/proc/self/maps")),
+    Deno.execPath(),
+  );
+  assert.ok(own.some((m) => m.perms === "r-xp"), "its code");
 });

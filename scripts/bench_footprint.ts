@@ -7,7 +7,10 @@
  * (a) RSS: 4 nginx (1 worker each), 3 python http.server and 3 node servers
  *     (tests/support/servers.ts), each sent 200 requests; the agent (default configuration,
  *     every built-in plugin) started fresh per round; VmRSS and VmHWM from /proc once every
- *     server is instrumented and its requests exported.
+ *     server is instrumented and its requests exported. The agent runs a private copy of the
+ *     Deno executable, as on a host where it is the only Deno program: the kernel leaves the
+ *     pages of a file that another process (this script's Deno) also maps in the agent's RSS
+ *     when the agent returns its start-up pages (core/agent.ts, #compactSoon).
  * (b) Start to first series: one nginx under light traffic (a request every 5 ms); the agent
  *     is spawned and /metrics polled every 20 ms until an http_server_duration_seconds_count
  *     sample appears. Reported: spawn -> "plugins running" in its log, spawn -> first series.
@@ -79,10 +82,17 @@ async function waitFor<T>(
 
 const tree = await snapshotWorkingTree();
 const tmp = await Deno.makeTempDir({ prefix: "redprobe-bench-footprint-" });
+/** A private copy of the Deno executable for (a): see the comment at the top. */
+const privateDeno = join(tmp, "deno");
+await Deno.copyFile(Deno.execPath(), privateDeno);
+await Deno.chmod(privateDeno, 0o755);
 const machine = machineInfo();
 
 interface RssRound {
   vmRssMb: number;
+  /** vmRssMb's anonymous and file-backed parts. */
+  firstAnonMb: number;
+  firstFileMb: number;
   /** VmRSS SETTLE_MS later: once V8 has returned the pages it pools (~8 s) to the system. */
   vmRssSettledMb: number;
   vmHwmMb: number;
@@ -125,6 +135,7 @@ const attachRounds: AttachRound[] = [];
         until: /plugins running/,
         root: tree.dir,
         settleMs: 0,
+        deno: privateDeno,
       });
       try {
         const instrumented = await waitFor("every server instrumented", 20_000, 100, async () => {
@@ -145,10 +156,14 @@ const attachRounds: AttachRound[] = [];
         await sleep(2000); // a few discovery polls and scrapes more
         await scrape(agent.metricsPort);
         const vmRssMb = statusKb(agent.pid, "VmRSS") / 1024;
+        const firstAnonMb = statusKb(agent.pid, "RssAnon") / 1024;
+        const firstFileMb = statusKb(agent.pid, "RssFile") / 1024;
         await sleep(SETTLE_MS);
         await scrape(agent.metricsPort);
         const round = {
           vmRssMb,
+          firstAnonMb,
+          firstFileMb,
           vmRssSettledMb: statusKb(agent.pid, "VmRSS") / 1024,
           vmHwmMb: statusKb(agent.pid, "VmHWM") / 1024,
           rssAnonMb: statusKb(agent.pid, "RssAnon") / 1024,
@@ -159,7 +174,9 @@ const attachRounds: AttachRound[] = [];
         };
         rssRounds.push(round);
         console.error(
-          `rss round ${r + 1}: VmRSS ${round.vmRssMb.toFixed(1)} MB (settled ${
+          `rss round ${r + 1}: VmRSS ${round.vmRssMb.toFixed(1)} MB (anon ${
+            firstAnonMb.toFixed(1)
+          }, file ${firstFileMb.toFixed(1)}; settled ${
             round.vmRssSettledMb.toFixed(1)
           } MB), VmHWM ` +
             `${round.vmHwmMb.toFixed(1)} MB (anon ${round.rssAnonMb.toFixed(1)}, file ` +
@@ -325,16 +342,18 @@ const markdown = [
   `servers on 127.0.0.1, ${REQUESTS_PER_SERVER} requests each; the agent with its default ` +
   `configuration (every built-in plugin), fresh each round, read 2 s after every request was ` +
   `exported, and again ${SETTLE_MS / 1000} s later ("settled": V8 keeps the pages it freed in ` +
-  `a pool for ~8 s before it returns them to the system). RssAnon/RssFile/RssShmem are of the settled ` +
-  `reading.`,
+  `a pool for ~8 s before it returns them to the system). The agent runs a private copy of the ` +
+  `Deno executable, as on a host where it is the only Deno program (the kernel does not reclaim ` +
+  `pages another process maps too). Anon/file: RssAnon and RssFile; those of the settled ` +
+  `reading, with RssShmem, in the columns after VmHWM.`,
   ``,
-  `| round | VmRSS MB | settled VmRSS MB | VmHWM MB | RssAnon | RssFile | RssShmem | ` +
-  `instrumented (max per plugin) | requests exported |`,
-  `|---|---|---|---|---|---|---|---|---|`,
+  `| round | VmRSS MB | anon / file | settled VmRSS MB | VmHWM MB | RssAnon | RssFile | ` +
+  `RssShmem | instrumented (max per plugin) | requests exported |`,
+  `|---|---|---|---|---|---|---|---|---|---|`,
   ...rssRounds.map((r, i) =>
-    `| ${i + 1} | ${r.vmRssMb.toFixed(1)} | ${r.vmRssSettledMb.toFixed(1)} | ${
-      r.vmHwmMb.toFixed(1)
-    } | ${r.rssAnonMb.toFixed(1)} | ` +
+    `| ${i + 1} | ${r.vmRssMb.toFixed(1)} | ${r.firstAnonMb.toFixed(1)} / ${
+      r.firstFileMb.toFixed(1)
+    } | ${r.vmRssSettledMb.toFixed(1)} | ${r.vmHwmMb.toFixed(1)} | ${r.rssAnonMb.toFixed(1)} | ` +
     `${r.rssFileMb.toFixed(1)} | ${r.rssShmemMb.toFixed(1)} | ${r.instrumented} | ` +
     `${r.exported} |`
   ),

@@ -33,13 +33,11 @@
  *
  * @module
  */
-import { testCertificate } from "../tests/support/tls.ts";
 import {
   type Agent,
   anotherRound,
   calibratePacing,
   cpuNs,
-  freePort,
   median,
   type PacedLatency,
   pacedLatency,
@@ -53,6 +51,7 @@ import {
   rssMb,
   snapshotWorkingTree,
   startAgent as startAgentUntil,
+  startBenchNginx,
   stat,
   StealLog,
   summarizePrograms,
@@ -70,75 +69,6 @@ const STATS_SECONDS = 2;
 const CONNECTIONS = args.connections;
 const TLS = args.tls;
 const SCHEME = TLS ? "https" : "http";
-
-async function startNginx(): Promise<
-  { port: number; worker: () => number; stop: () => Promise<void> }
-> {
-  const dir = await Deno.makeTempDir({ prefix: "redprobe-bench-nginx-" });
-  const port = freePort();
-  await Deno.mkdir(`${dir}/html`);
-  await Deno.writeTextFile(`${dir}/html/hello`, "hello\n");
-  await Deno.writeTextFile(
-    `${dir}/nginx.conf`,
-    `worker_processes 1;
-worker_cpu_affinity 01;
-user root root;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log;
-events { worker_connections 1024; }
-http {
-  access_log ${dir}/access.log;
-  sendfile on;
-  keepalive_requests 100000000;
-  client_body_temp_path ${dir}/tmp; proxy_temp_path ${dir}/tmp; fastcgi_temp_path ${dir}/tmp;
-  uwsgi_temp_path ${dir}/tmp; scgi_temp_path ${dir}/tmp;
-  server {
-    listen 127.0.0.1:${port}${TLS ? " ssl" : ""}; root ${dir}/html;${
-      TLS
-        ? `
-    ssl_certificate ${testCertificate().cert}; ssl_certificate_key ${testCertificate().key};`
-        : ""
-    }
-  }
-}
-`,
-  );
-  const child = new Deno.Command("/usr/sbin/nginx", {
-    args: [
-      "-p",
-      `${dir}/`,
-      "-c",
-      `${dir}/nginx.conf`,
-      "-e",
-      `${dir}/error.log`,
-      "-g",
-      "daemon off;",
-    ],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  for (let i = 0; i < 100; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      break;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  return {
-    port,
-    // The one worker (nginx's child): its CPU time per request includes the probes' time.
-    worker: () =>
-      Number(
-        Deno.readTextFileSync(`/proc/${child.pid}/task/${child.pid}/children`).trim().split(" ")[0],
-      ),
-    stop: async () => {
-      child.kill("SIGQUIT");
-      await child.status;
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
-}
 
 /**
  * The agent with its defaults, except that wrk (a client kprobe-http and tls-uprobe would
@@ -224,7 +154,7 @@ interface Round {
 // The agent runs from a copy of the working tree taken now: the rounds measure one version of
 // the code even if the tree is edited during the run.
 const tree = await snapshotWorkingTree();
-const nginx = await startNginx();
+const nginx = await startBenchNginx({ tls: TLS });
 const rounds: Round[] = [];
 try {
   await wrk(nginx.port); // warm-up

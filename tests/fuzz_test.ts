@@ -34,6 +34,7 @@ import {
   parseResourceAttributes,
 } from "../lib/proc.ts";
 import { ElfError, ElfFile } from "../lib/elf.ts";
+import { findOpenSslFunctions } from "../lib/openssl.ts";
 import { GoPclntabError, readGoFunctions } from "../lib/go_pclntab.ts";
 import { readGoBuildInfo } from "../lib/go_buildinfo.ts";
 import { BtfError, parseBtf } from "../lib/btf.ts";
@@ -127,6 +128,7 @@ const TARGETS: Target[] = [
     size: 4096,
     run: (b) => {
       const elf = ElfFile.parse(b);
+      findOpenSslFunctions(elf); // both symbol tables, by name (ElfFile.findSymbols)
       readGoBuildInfo(elf);
       return readGoFunctions(elf);
     },

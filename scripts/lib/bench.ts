@@ -6,6 +6,8 @@
  *
  * @module
  */
+import { testCertificate } from "../../tests/support/tls.ts";
+import { nginxArgs } from "../../tests/support/nginx_config.ts";
 import { parseArgs } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -147,6 +149,72 @@ export async function run(cmd: string, cmdArgs: string[]): Promise<string> {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * The benchmarks' nginx: one worker pinned to CPU 0, keep-alive without limit, sendfile on,
+ * access log on, serving the 6-byte file `/hello` on 127.0.0.1 (HTTPS with `tls`: TLS 1.3,
+ * the tests' certificate); `worker()` is the worker's pid, whose CPU time is the figure to read.
+ */
+export async function startBenchNginx(
+  options: { tls?: boolean } = {},
+): Promise<{ port: number; worker: () => number; stop: () => Promise<void> }> {
+  const TLS = options.tls ?? false;
+  const dir = await Deno.makeTempDir({ prefix: "redprobe-bench-nginx-" });
+  const port = freePort();
+  await Deno.mkdir(`${dir}/html`);
+  await Deno.writeTextFile(`${dir}/html/hello`, "hello\n");
+  await Deno.writeTextFile(
+    `${dir}/nginx.conf`,
+    `worker_processes 1;
+worker_cpu_affinity 01;
+user root root;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log;
+events { worker_connections 1024; }
+http {
+  access_log ${dir}/access.log;
+  sendfile on;
+  keepalive_requests 100000000;
+  client_body_temp_path ${dir}/tmp; proxy_temp_path ${dir}/tmp; fastcgi_temp_path ${dir}/tmp;
+  uwsgi_temp_path ${dir}/tmp; scgi_temp_path ${dir}/tmp;
+  server {
+    listen 127.0.0.1:${port}${TLS ? " ssl" : ""}; root ${dir}/html;${
+      TLS
+        ? `
+    ssl_certificate ${testCertificate().cert}; ssl_certificate_key ${testCertificate().key};`
+        : ""
+    }
+  }
+}
+`,
+  );
+  const child = new Deno.Command("/usr/sbin/nginx", {
+    args: nginxArgs(dir),
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  for (let i = 0; i < 100; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    port,
+    // The one worker (nginx's child): its CPU time per request includes the probes' time.
+    worker: () =>
+      Number(
+        Deno.readTextFileSync(`/proc/${child.pid}/task/${child.pid}/children`).trim().split(" ")[0],
+      ),
+    stop: async () => {
+      child.kill("SIGQUIT");
+      await child.status;
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
 export interface Agent {
   pid: number;
   metricsPort: number;
@@ -172,6 +240,8 @@ export interface StartAgentOptions {
   cpu?: string;
   /** More command-line arguments (`--log-level debug`). */
   extraArgs?: string[];
+  /** The Deno executable to run the agent with. Default: this script's (Deno.execPath()). */
+  deno?: string;
 }
 
 /**
@@ -191,9 +261,10 @@ export async function startAgent(options: StartAgentOptions): Promise<Agent> {
   const removeTempConfig = () => tempConfig && Deno.remove(tempConfig).catch(() => {});
   const metricsPort = freePort();
   const spawned = performance.now();
-  const child = new Deno.Command(options.cpu ? "taskset" : Deno.execPath(), {
+  const deno = options.deno ?? Deno.execPath();
+  const child = new Deno.Command(options.cpu ? "taskset" : deno, {
     args: [
-      ...(options.cpu ? ["-c", options.cpu, Deno.execPath()] : []),
+      ...(options.cpu ? ["-c", options.cpu, deno] : []),
       "run",
       "-A",
       "--quiet",

@@ -93,6 +93,42 @@ Deno.test({
   },
 });
 
+Deno.test({
+  ...base,
+  name:
+    "the agent gives Deno's start-up pages back to the kernel once its targets are instrumented, and counts exactly after",
+  async fn() {
+    assertBpfAvailable();
+    const python = await startPython();
+    try {
+      await using agent = await startAgent({ args: ["--log-level", "debug"] });
+      await agent.waitForPid(python.pid, 5_000);
+      // The compaction runs 2 s after the last newly instrumented process (core/agent.ts).
+      const returned = /returned ([\d.]+) MB of Deno's pages to the kernel/;
+      assert.ok(
+        await pollUntil(() => returned.test(agent.logs()), { timeoutMs: 15_000 }),
+        agent.logs(),
+      );
+      assert.ok(Number(returned.exec(agent.logs())![1]) > 0, "the kernel took the advice");
+      // The pages the agent needs come back at their next use.
+      const result = await sendRequests({
+        port: python.port,
+        spec: { method: "GET", path: "/hello" },
+        count: 20,
+        keepAlive: true,
+      });
+      assert.equal(result.statuses.get(200), 20);
+      const counted = (samples: Sample[]) =>
+        sumSamples(samples, "http_server_duration_seconds_count", {
+          target_instance: `${Deno.hostname()}:${python.pid}`,
+        });
+      assert.equal(counted(await settledSamples(agent, (s) => counted(s) >= 20)), 20);
+    } finally {
+      await python.stop();
+    }
+  },
+});
+
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   Deno.test({
     ...base,

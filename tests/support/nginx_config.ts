@@ -102,3 +102,21 @@ export async function writeNginxTree(dir: string, port: number, opts: NginxOptio
   await Deno.writeTextFile(`${dir}/nginx.conf`, renderNginxConfig(dir, port, opts));
   await Deno.writeTextFile(`${dir}/access.log`, "");
 }
+
+/**
+ * The arguments that run nginx in the foreground from the tree at `dir` (its nginx.conf, its
+ * error.log). `-e` keeps nginx from touching the compiled-in error log before it has read the
+ * config.
+ */
+export function nginxArgs(dir: string): string[] {
+  return [
+    "-p",
+    `${dir}/`,
+    "-c",
+    `${dir}/nginx.conf`,
+    "-e",
+    `${dir}/error.log`,
+    "-g",
+    "daemon off;",
+  ];
+}

@@ -5,7 +5,7 @@
  */
 
 import { ManagedProcess } from "./managed_process.ts";
-import { type NginxOptions, writeNginxTree } from "./nginx_config.ts";
+import { nginxArgs, type NginxOptions, writeNginxTree } from "./nginx_config.ts";
 import { freePort } from "./ports.ts";
 import { pollUntil, portAccepts } from "./wait.ts";
 import { testCertificate } from "./tls.ts";
@@ -76,17 +76,7 @@ export async function startNginx(opts: NginxOptions): Promise<ServerHandle> {
     await writeNginxTree(dir, port, opts);
     return {
       command: "/usr/sbin/nginx",
-      // -e keeps nginx from touching the compiled-in error log before it has read the config.
-      args: [
-        "-p",
-        `${dir}/`,
-        "-c",
-        `${dir}/nginx.conf`,
-        "-e",
-        `${dir}/error.log`,
-        "-g",
-        "daemon off;",
-      ],
+      args: nginxArgs(dir),
       logFile: `${dir}/access.log`,
       // The port is bound by the master before workers exist; wait for all of them so pids()
       // is complete as soon as the handle is returned.
