@@ -157,7 +157,7 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export async function startBenchNginx(
   options: { tls?: boolean } = {},
 ): Promise<{ port: number; worker: () => number; stop: () => Promise<void> }> {
-  const TLS = options.tls ?? false;
+  const tls = options.tls ?? false;
   const dir = await Deno.makeTempDir({ prefix: "redprobe-bench-nginx-" });
   const port = freePort();
   await Deno.mkdir(`${dir}/html`);
@@ -177,8 +177,8 @@ http {
   client_body_temp_path ${dir}/tmp; proxy_temp_path ${dir}/tmp; fastcgi_temp_path ${dir}/tmp;
   uwsgi_temp_path ${dir}/tmp; scgi_temp_path ${dir}/tmp;
   server {
-    listen 127.0.0.1:${port}${TLS ? " ssl" : ""}; root ${dir}/html;${
-      TLS
+    listen 127.0.0.1:${port}${tls ? " ssl" : ""}; root ${dir}/html;${
+      tls
         ? `
     ssl_certificate ${testCertificate().cert}; ssl_certificate_key ${testCertificate().key};`
         : ""
