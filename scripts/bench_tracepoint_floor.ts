@@ -41,7 +41,7 @@ import {
   wrk,
 } from "./lib/bench.ts";
 
-const args = parseBenchArgs({ rounds: 5, seconds: 5, out: "bench/results/tracepoint_floor.md" });
+const args = parseBenchArgs({ rounds: 5, seconds: 5 });
 const ROOT = join(import.meta.dirname!, "..");
 const VARIANTS = ["bare", "empty", "agent"] as const;
 type Variant = typeof VARIANTS[number];
