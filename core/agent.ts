@@ -10,7 +10,6 @@ import { privileges } from "./doctor.ts";
 import { RedExporter, type TargetLabels } from "./exporter/exporter.ts";
 import { serveMetrics } from "./exporter/server.ts";
 import {
-  BpfError,
   monotonicToWallOffsetNs,
   pageOut,
   setLibbpfLogSink,
@@ -19,7 +18,7 @@ import {
 import type { OtlpExport } from "./exporter/otlp.ts";
 import type { Logger } from "./log.ts";
 import type { RedAggregate, RedObservation, TargetProcess } from "./plugin.ts";
-import { loadFailureHint, PluginHost } from "./plugin_host.ts";
+import { attachFailureReason, loadFailureHint, PluginHost } from "./plugin_host.ts";
 import type { PluginModuleFailure } from "./plugin_modules.ts";
 import { exePath, parseEnviron, serviceIdentity } from "../lib/proc.ts";
 import { parseProcMaps, readOnlyMappingsOf } from "../lib/proc_maps.ts";
@@ -227,7 +226,7 @@ export class Agent implements AsyncDisposable {
     prewarmX86Decoder();
     const failures: string[] = [];
     const failed = (id: string, e: unknown) => {
-      this.exporter.attachFailed(id, e instanceof BpfError ? e.code : "error");
+      this.exporter.attachFailed(id, attachFailureReason(e));
       const hint = loadFailureHint(e);
       failures.push(`${id}: ${(e as Error).message}${hint}`);
       log.error(`plugin ${id} cannot start: ${(e as Error).message}${hint}`);

@@ -123,6 +123,11 @@ export function loadsOnFirstTarget(plugin: AnyPlugin, ctx: PluginContext<unknown
   return typeof lazy === "function" ? lazy(ctx) === true : lazy === true;
 }
 
+/** The `reason` label of `redprobe_attach_failures_total` for `e`: the errno name of a BpfError. */
+export function attachFailureReason(e: unknown): string {
+  return e instanceof BpfError ? e.code : "error";
+}
+
 /**
  * What to add to the message of a plugin that could not load: how to grant the privileges when
  * the kernel said EPERM or EACCES, else nothing.
@@ -264,7 +269,7 @@ export class PluginHost implements AsyncDisposable {
       this.#loadFailed = true;
       this.#excluded.clear();
       this.#excludedExesPending.length = 0;
-      this.#sinks.attachFailed(this.plugin.id, e instanceof BpfError ? e.code : "error");
+      this.#sinks.attachFailed(this.plugin.id, attachFailureReason(e));
       const id = this.plugin.id;
       this.#log.error(
         `${id}: cannot load its BPF object at its first target (pid ${target.pid}, ${target.exe}): ` +
@@ -465,7 +470,7 @@ export class PluginHost implements AsyncDisposable {
     } catch (e) {
       for (const link of links) link.destroy();
       for (const key of shares) this.#unshare(key);
-      const reason = e instanceof BpfError ? e.code : "error";
+      const reason = attachFailureReason(e);
       this.#sinks.attachFailed(this.plugin.id, reason);
       this.#log.warn(
         `${this.plugin.id}: cannot instrument pid ${target.pid} (${target.exe}): ${
@@ -608,7 +613,7 @@ export class PluginHost implements AsyncDisposable {
           link.destroy();
         } catch { /* the kernel keeps nothing of a link whose fd is closed */ }
       }
-      this.#sinks.attachFailed(this.plugin.id, e instanceof BpfError ? e.code : "error");
+      this.#sinks.attachFailed(this.plugin.id, attachFailureReason(e));
       this.#log.warn(
         `${this.plugin.id}: ${why}: cannot attach ${names.join(", ") || "its programs"}, ` +
           `going on without them: ${(e as Error).message}`,

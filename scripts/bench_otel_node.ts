@@ -46,6 +46,7 @@
  * @module
  */
 import { join } from "node:path";
+import { portAccepts, waitFor } from "../tests/support/wait.ts";
 import {
   type Agent,
   anotherRound,
@@ -66,7 +67,6 @@ import {
   roundsInSummary,
   rssMb,
   run,
-  sleep,
   snapshotWorkingTree,
   spread,
   startAgent,
@@ -164,15 +164,7 @@ async function startServer(mode: Mode): Promise<
     stdout: "null",
     stderr: "null",
   }).spawn();
-  for (let i = 0;; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      break;
-    } catch {
-      if (i > 300) throw new Error(`node (${mode}) did not start`);
-      await sleep(50);
-    }
-  }
+  await waitFor(() => portAccepts(port), { timeoutMs: 15_000, what: `node (${mode}) to start` });
   return {
     pid: child.pid,
     port,

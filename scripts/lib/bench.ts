@@ -8,6 +8,7 @@
  */
 import { testCertificate } from "../../tests/support/tls.ts";
 import { nginxArgs } from "../../tests/support/nginx_config.ts";
+import { portAccepts, waitFor } from "../../tests/support/wait.ts";
 import { parseArgs } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -192,14 +193,7 @@ http {
     stdout: "null",
     stderr: "null",
   }).spawn();
-  for (let i = 0; i < 100; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      break;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
+  await waitFor(() => portAccepts(port), { timeoutMs: 5_000, what: `nginx on port ${port}` });
   return {
     port,
     // The one worker (nginx's child): its CPU time per request includes the probes' time.
