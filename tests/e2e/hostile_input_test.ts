@@ -567,7 +567,14 @@ Deno.test({
         console.log(table(hostiles));
         // Nothing counted for the half heads; Python and Node answer one that ends in EOF
         // (400/404) mid-head: unmatched. The idle half heads are still open: nothing yet.
-        assertAccounted(before, during, servers, expected, hostiles);
+        // After "close", Python and Node still write their answer (strace: the write succeeds)
+        // to a client that is gone. Over loopback the client's RST usually arrives inside that
+        // write, and inet_sock_set_state forgets the connection before the write's probe
+        // runs: nothing to count. When the RST's softirq runs later (a loaded CPU, as in a full
+        // CI run), the probe sees the answer first: one unmatched response. Both are right;
+        // those answers may be unread.
+        const unreadAfterClose = hostiles.filter((h) => h.what.endsWith("close")).length;
+        assertAccounted(before, during, servers, expected, hostiles, unreadAfterClose);
         const tracked = await assertAgentHealthy(agent, rssBefore, MAX_SERIES);
         console.log(`agent RSS with ${idle.length} connections open: ${mib(tracked.rss)} MiB`);
       } finally {
