@@ -366,15 +366,30 @@ export async function scrape(metricsPort: number): Promise<Sample[]> {
   return parsePrometheusText(await res.text());
 }
 
-/** Sum of the samples named `name` whose labels pass `filter`. */
+/**
+ * Sum of the samples named `name` whose labels pass `filter`, once two scrapes 100 ms apart
+ * agree (at most 2 s). The client can read a response, count it and stop before the probe at
+ * the end of the server's write has counted it: loopback delivers inside the write, and the
+ * hypervisor can deschedule the server's vCPU right there. One scrape just after wrk stopped
+ * once came out a request short (otel-node, 23% steal).
+ */
 export async function sumMetric(
   metricsPort: number,
   name: string,
   filter: (labels: Record<string, string>) => boolean = () => true,
 ): Promise<number> {
-  return (await scrape(metricsPort))
-    .filter((s) => s.name === name && filter(s.labels))
-    .reduce((n, s) => n + s.value, 0);
+  const sum = async () =>
+    (await scrape(metricsPort))
+      .filter((s) => s.name === name && filter(s.labels))
+      .reduce((n, s) => n + s.value, 0);
+  let last = await sum();
+  for (let i = 0; i < 20; i++) {
+    await sleep(100);
+    const now = await sum();
+    if (now === last) break;
+    last = now;
+  }
+  return last;
 }
 
 /** Per process, per thread: the last schedstat read, and what earlier threads of that tid ran. */
