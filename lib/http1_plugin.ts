@@ -108,14 +108,16 @@ export const http1Aggregates = {
     const path = lookup("paths", key.pathHash);
     if (!path) return undefined;
     const client = (key.flags & HttpEventFlag.client) !== 0;
+    const text = decodeHttpPath(path);
+    const pathTruncated = (key.flags & HttpEventFlag.pathTruncated) !== 0;
     return {
       kind: client ? "http_client" : "http_server",
       pid: key.tgid,
       method: key.method,
       status: key.status,
-      route: routes.route(decodeHttpPath(path), (key.flags & HttpEventFlag.pathTruncated) !== 0),
-      path: decodeHttpPath(path),
-      pathTruncated: (key.flags & HttpEventFlag.pathTruncated) !== 0,
+      route: routes.route(text, pathTruncated),
+      path: text,
+      pathTruncated,
       ...histogramDelta(delta, buckets),
       // A client may be gone by now (curl): its name, recorded by the kernel, labels it.
       exe: client ? processName(lookup, key.tgid) : undefined,

@@ -214,14 +214,16 @@ export default definePlugin<GoHttpEvent, GoHttpOptions>({
       if (!path) return undefined;
       const server = key.kind === GoHttpKind.server;
       if (!server && key.kind !== GoHttpKind.client) return undefined;
+      const text = decodeGoPath(path);
+      const pathTruncated = (key.flags & GoHttpFlag.pathTruncated) !== 0;
       return {
         kind: server ? "http_server" : "http_client",
         pid: key.tgid,
         method: key.method,
         status: key.status,
-        route: routes.route(decodeGoPath(path), (key.flags & GoHttpFlag.pathTruncated) !== 0),
-        path: decodeGoPath(path),
-        pathTruncated: (key.flags & GoHttpFlag.pathTruncated) !== 0,
+        route: routes.route(text, pathTruncated),
+        path: text,
+        pathTruncated,
         ...histogramDelta(delta, buckets),
         exe: key.exeIndex > 0 ? options.executables[key.exeIndex - 1] : undefined,
         ...(key.serverAddress
