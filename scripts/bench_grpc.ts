@@ -4,18 +4,21 @@
  * run, alternating, repeated; plus the server's CPU per call and the agent's.
  *
  *   deno run -A scripts/bench_grpc.ts [--rounds 5] [--seconds 10] [--connections 10]
- *                                     [--out bench/results/grpc.md]
+ *                                     [--max-steal 2] [--out bench/results/grpc.md]
  *
  * Setup: tests/fixtures/go_grpc/server (stripped, module build, GOMAXPROCS=1) pinned to CPU 0;
  * the load generator tests/fixtures/go_grpc/load (C goroutines of UnaryCall on one connection)
  * pinned to CPU 1 and left alone by the agent (`go-grpc.skip_executables`), so the run
  * measures what the server pays. These machines are noisy: compare the with/without ratio of
- * the same round.
+ * the same round. Rounds during which the hypervisor took --max-steal % or more of the
+ * machine's CPU time in any measured run are reported but left out of the summary, and more
+ * rounds run (up to three times --rounds) until --rounds clean ones, as in bench_http.ts.
  *
  * @module
  */
 import {
   type Agent,
+  anotherRound,
   bpfProgramIdsOf,
   bpfProgramStats,
   bpfStatsEnabled,
@@ -24,11 +27,13 @@ import {
   median,
   parseBenchArgs,
   programStatsDelta,
+  roundsInSummary,
   rssMb,
   run,
   setBpfStatsEnabled,
   spread,
   startAgent as startAgentUntil,
+  StealLog,
   sumMetric,
   writeResults,
 } from "./lib/bench.ts";
@@ -107,6 +112,9 @@ interface Round {
   agentRssMb: number;
   sent: number;
   counted: number;
+  /** The most steal of the round's four measured runs (StealLog), and whether it is clean. */
+  stealPct: number;
+  clean: boolean;
 }
 
 /**
@@ -141,13 +149,14 @@ let costs: Awaited<ReturnType<typeof probeCosts>> = [];
 const rounds: Round[] = [];
 try {
   await loadRun(); // warm-up
-  for (let r = 0; r < args.rounds; r++) {
+  for (let r = 0; anotherRound(rounds, args.rounds); r++) {
     const agentFirst = r % 2 === 1;
+    const steal = new StealLog();
     let baseline!: LoadResult, withAgent!: LoadResult;
     let baselineServerNs = 0, agentServerNs = 0, agentNs = 0, countedCalls = 0, agentRss = 0;
     const measureBaseline = async () => {
       const before = cpuNs(serverPid);
-      baseline = await loadRun();
+      baseline = await steal.measured(() => loadRun());
       baselineServerNs = cpuNs(serverPid) - before;
     };
     const measureAgent = async () => {
@@ -155,7 +164,7 @@ try {
       try {
         const before = cpuNs(agent.pid), serverBefore = cpuNs(serverPid);
         const countedBefore = await counted(agent);
-        withAgent = await loadRun();
+        withAgent = await steal.measured(() => loadRun());
         agentServerNs = cpuNs(serverPid) - serverBefore;
         agentNs = cpuNs(agent.pid) - before;
         countedCalls = (await counted(agent)) - countedBefore;
@@ -172,11 +181,11 @@ try {
       await measureAgent();
     }
     const rate = Math.round(baseline.calls / baseline.seconds / 2);
-    const baselineHalf = await loadRun(rate);
+    const baselineHalf = await steal.measured(() => loadRun(rate));
     const agent = await startAgent();
     let agentHalf: LoadResult;
     try {
-      agentHalf = await loadRun(rate);
+      agentHalf = await steal.measured(() => loadRun(rate));
     } finally {
       await agent.stop();
     }
@@ -193,6 +202,8 @@ try {
       agentRssMb: agentRss,
       sent: withAgent.calls + withAgent.errors,
       counted: countedCalls,
+      stealPct: steal.pct,
+      clean: steal.clean(args.maxStealPct),
     };
     rounds.push(round);
     console.error(
@@ -200,7 +211,8 @@ try {
         `(${((round.agentCps / round.baselineCps - 1) * 100).toFixed(1)}%), server CPU ` +
         `${round.baselineServerUs.toFixed(2)} -> ${round.agentServerUs.toFixed(2)} µs/call, p99 ` +
         `${round.baselineP99Ms.toFixed(2)} -> ${round.agentP99Ms.toFixed(2)} ms, counted ` +
-        `${round.counted} of ${round.sent}`,
+        `${round.counted} of ${round.sent}; steal ${round.stealPct.toFixed(1)}%` +
+        (round.clean ? "" : " (left out)"),
     );
   }
   costs = await probeCosts();
@@ -209,19 +221,21 @@ try {
   await child.status;
 }
 
-const ratios = rounds.map((r) => r.agentCps / r.baselineCps);
+const used = roundsInSummary(rounds);
+const ratios = used.map((r) => r.agentCps / r.baselineCps);
 const summary = {
+  roundsInSummary: used.length,
   throughputLossMedianPct: (1 - median(ratios)) * 100,
   throughputLossSpreadPct: (({ min, max }) => [(1 - max) * 100, (1 - min) * 100])(spread(ratios)),
-  serverCpuAddedMedianUs: median(rounds.map((r) => r.agentServerUs - r.baselineServerUs)),
-  p99AddedMedianMs: median(rounds.map((r) => r.agentP99Ms - r.baselineP99Ms)),
-  p50AddedMedianMs: median(rounds.map((r) => r.agentP50Ms - r.baselineP50Ms)),
-  agentRssMbMedian: median(rounds.map((r) => r.agentRssMb)),
-  agentCpuUsPerCallMedian: median(rounds.map((r) => r.agentCpuUsPerCall)),
+  serverCpuAddedMedianUs: median(used.map((r) => r.agentServerUs - r.baselineServerUs)),
+  p99AddedMedianMs: median(used.map((r) => r.agentP99Ms - r.baselineP99Ms)),
+  p50AddedMedianMs: median(used.map((r) => r.agentP50Ms - r.baselineP50Ms)),
+  agentRssMbMedian: median(used.map((r) => r.agentRssMb)),
+  agentCpuUsPerCallMedian: median(used.map((r) => r.agentCpuUsPerCall)),
 };
 const command =
   `deno run -A scripts/bench_grpc.ts --rounds ${args.rounds} --seconds ${args.seconds}` +
-  ` --connections ${args.connections}`;
+  ` --connections ${args.connections} --max-steal ${args.maxStealPct}`;
 const m = machineInfo();
 const pct = (ratio: number) => `${((ratio - 1) * 100).toFixed(1)}%`;
 const table = [
@@ -236,8 +250,9 @@ const table = [
   `RSS: VmRSS at the end of its saturation run.`,
   ``,
   `| round | calls/s without | with | change | server CPU µs/call without | with | p50 ms ` +
-  `without | with | p99 ms without | with | agent CPU µs/call | agent RSS MB | counted / sent |`,
-  `|---|---|---|---|---|---|---|---|---|---|---|---|---|`,
+  `without | with | p99 ms without | with | agent CPU µs/call | agent RSS MB | counted / sent | ` +
+  `steal % | in summary |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|`,
   ...rounds.map((r, i) =>
     `| ${i + 1} | ${r.baselineCps.toFixed(0)} | ${r.agentCps.toFixed(0)} | ` +
     `${pct(r.agentCps / r.baselineCps)} | ${r.baselineServerUs.toFixed(2)} | ` +
@@ -245,10 +260,20 @@ const table = [
       r.agentP50Ms.toFixed(2)
     } | ` +
     `${r.baselineP99Ms.toFixed(2)} | ${r.agentP99Ms.toFixed(2)} | ` +
-    `${r.agentCpuUsPerCall.toFixed(2)} | ${r.agentRssMb.toFixed(0)} | ${r.counted} / ${r.sent} |`
+    `${r.agentCpuUsPerCall.toFixed(2)} | ${r.agentRssMb.toFixed(0)} | ${r.counted} / ${r.sent} | ` +
+    `${r.stealPct.toFixed(1)} | ${r.clean ? "yes" : "no"} |`
   ),
   ``,
-  `Medians over the rounds: throughput **${(-summary.throughputLossMedianPct).toFixed(1)}%** ` +
+  `steal %: the most CPU time the hypervisor gave other guests during any of the round's four ` +
+  `measured runs (saturation and half load, without and with), as a share of the machine's CPU ` +
+  `time (/proc/stat). A round with ${args.maxStealPct}% or more is left out of the summary (and ` +
+  `another is run, up to ${args.rounds * 3} in all).`,
+  ``,
+  `Medians over the ${used.length} rounds ${
+    !rounds.some((r) => r.clean)
+      ? `(none had less than ${args.maxStealPct}% steal: all of them)`
+      : `with less than ${args.maxStealPct}% steal (of ${rounds.length})`
+  }: throughput **${(-summary.throughputLossMedianPct).toFixed(1)}%** ` +
   `(target: no worse than -15%); server CPU per call **+${
     summary.serverCpuAddedMedianUs.toFixed(2)
   } µs**; added at half load: p50 **${summary.p50AddedMedianMs.toFixed(2)} ms**, p99 ` +
