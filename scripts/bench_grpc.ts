@@ -162,8 +162,9 @@ try {
     const measureAgent = async () => {
       const agent = await startAgent();
       try {
-        const before = cpuNs(agent.pid), serverBefore = cpuNs(serverPid);
+        // Counted first: sumMetric scrapes until the count settles, agent CPU not to be measured.
         const countedBefore = await counted(agent);
+        const before = cpuNs(agent.pid), serverBefore = cpuNs(serverPid);
         withAgent = await steal.measured(() => loadRun());
         agentServerNs = cpuNs(serverPid) - serverBefore;
         agentNs = cpuNs(agent.pid) - before;

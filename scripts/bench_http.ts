@@ -180,9 +180,10 @@ try {
     const measureAgent = async () => {
       const agent = await startAgent();
       try {
+        // Counted first: sumMetric scrapes until the count settles, agent CPU not to be measured.
+        const countedBefore = await countedRequests(agent);
         const before = cpuNs(agent.pid);
         const nginxBefore = cpuNs(worker);
-        const countedBefore = await countedRequests(agent);
         withAgent = await measured(() => wrk(nginx.port));
         agentNginxNs = cpuNs(worker) - nginxBefore;
         cpu = (cpuNs(agent.pid) - before) / 1000;
