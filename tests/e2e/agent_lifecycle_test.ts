@@ -6,10 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { dirname, fromFileUrl, join } from "../support/paths.ts";
-import { startAgent } from "../support/agent.ts";
+import { type AgentHandle, startAgent } from "../support/agent.ts";
 import { assertBpfAvailable, skipBpf } from "../support/privileges.ts";
 import { findSamples, type Sample, sumSamples } from "../support/prom_text.ts";
-import { sendRequests, startNginx, startPython } from "../support/mod.ts";
+import { sendRequests, type ServerHandle, startNginx, startPython } from "../support/mod.ts";
+import { instanceOf } from "../support/isolated_agent.ts";
 import { startPrometheus } from "../support/prometheus.ts";
 import { pollUntil, settledSamples } from "../support/wait.ts";
 import { idsHeldBy, loadedPrograms } from "../support/bpf_held.ts";
@@ -32,6 +33,29 @@ const FIRST_TARGET_PROGRAMS: Record<string, string[]> = {
   ],
   "go-grpc": ["grpc_client_end", "grpc_client_start", "grpc_server_end", "grpc_server_start"],
 };
+
+/**
+ * Sends `n` keep-alive GET /hello to `server`, asserts all were answered 200 and that the agent
+ * counts exactly `n` for the server's target_instance; returns the samples that showed it.
+ */
+async function assertServedAndCounted(
+  agent: AgentHandle,
+  server: ServerHandle,
+  n: number,
+): Promise<Sample[]> {
+  const result = await sendRequests({
+    port: server.port,
+    spec: { method: "GET", path: "/hello" },
+    count: n,
+    keepAlive: true,
+  });
+  assert.equal(result.statuses.get(200), n);
+  const counted = (samples: Sample[]) =>
+    sumSamples(samples, "http_server_duration_seconds_count", instanceOf(server));
+  const samples = await settledSamples(agent, (s) => counted(s) >= n);
+  assert.equal(counted(samples), n);
+  return samples;
+}
 
 /** The programs the agent should hold, from what its log says has loaded so far. */
 function expectedPrograms(logs: string): string[] {
@@ -62,20 +86,7 @@ Deno.test({
       await agent.waitForPid(python.pid, 5_000);
       const pickedUpMs = performance.now() - started;
       assert.ok(pickedUpMs < 2_000, `picked up after ${Math.round(pickedUpMs)} ms`);
-      const result = await sendRequests({
-        port: python.port,
-        spec: { method: "GET", path: "/hello" },
-        count: 5,
-        keepAlive: true,
-      });
-      assert.equal(result.statuses.get(200), 5);
-      const counted = (samples: Sample[]) =>
-        sumSamples(samples, "http_server_duration_seconds_count", {
-          target_instance: `${Deno.hostname()}:${python.pid}`,
-        });
-      const samples = await settledSamples(agent, (s) => counted(s) >= 5);
-      assert.equal(counted(samples), 5);
-      during = instrumented(samples);
+      during = instrumented(await assertServedAndCounted(agent, python, 5));
     } finally {
       await python.stop();
     }
@@ -84,12 +95,7 @@ Deno.test({
     // Other servers on this machine are instrumented too: compare, do not assume zero.
     assert.equal(instrumented(after), during - 1, "released from redprobe_instrumented_processes");
     // Its series stay: a counter does not go away when the process does.
-    assert.equal(
-      sumSamples(after, "http_server_duration_seconds_count", {
-        target_instance: `${Deno.hostname()}:${python.pid}`,
-      }),
-      5,
-    );
+    assert.equal(sumSamples(after, "http_server_duration_seconds_count", instanceOf(python)), 5);
   },
 });
 
@@ -111,18 +117,7 @@ Deno.test({
       );
       assert.ok(Number(returned.exec(agent.logs())![1]) > 0, "the kernel took the advice");
       // The pages the agent needs come back at their next use.
-      const result = await sendRequests({
-        port: python.port,
-        spec: { method: "GET", path: "/hello" },
-        count: 20,
-        keepAlive: true,
-      });
-      assert.equal(result.statuses.get(200), 20);
-      const counted = (samples: Sample[]) =>
-        sumSamples(samples, "http_server_duration_seconds_count", {
-          target_instance: `${Deno.hostname()}:${python.pid}`,
-        });
-      assert.equal(counted(await settledSamples(agent, (s) => counted(s) >= 20)), 20);
+      await assertServedAndCounted(agent, python, 20);
     } finally {
       await python.stop();
     }
@@ -223,7 +218,7 @@ Deno.test({
       keepAlive: true,
     });
     assert.equal(result.statuses.get(200), 3);
-    const ofNginx = { target_instance: `${Deno.hostname()}:${nginx.pid}` };
+    const ofNginx = instanceOf(nginx);
     const samples = await settledSamples(
       agent,
       (s) => sumSamples(s, "http_server_duration_seconds_count", ofNginx) >= 3,
@@ -311,9 +306,11 @@ Deno.test({
       // Its scrapes reach the Python server (counted there), and its API answers.
       const scraped = await pollUntil(
         async () =>
-          sumSamples(await agent.samples(), "http_server_duration_seconds_count", {
-            target_instance: `${Deno.hostname()}:${python.pid}`,
-          }) >= 2,
+          sumSamples(
+            await agent.samples(),
+            "http_server_duration_seconds_count",
+            instanceOf(python),
+          ) >= 2,
         { timeoutMs: 15_000, intervalMs: 200 },
       );
       assert.ok(scraped, `no scrape counted at the Python server: ${prometheus.stderr()}`);
